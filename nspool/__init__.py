@@ -1,0 +1,38 @@
+"""nspool: run Python callables inside Linux namespaces.
+
+The public surface is re-exported here; the implementation lives in the
+submodules (``kinds``, ``_sys``, ``errors``, ``nsset``), whose dependencies
+point one way, top to bottom.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    KindError,
+    KindMismatchError,
+    NamespaceError,
+    NamespaceExistsError,
+    NamespaceNotFoundError,
+    NamespacePermissionError,
+    NotANamespaceError,
+    ProcessNotFoundError,
+    SetClosedError,
+    UnsupportedKindError,
+)
+from .kinds import Kind
+from .nsset import NamespaceSet
+
+__all__ = [
+    "Kind",
+    "KindError",
+    "KindMismatchError",
+    "NamespaceError",
+    "NamespaceExistsError",
+    "NamespaceNotFoundError",
+    "NamespacePermissionError",
+    "NamespaceSet",
+    "NotANamespaceError",
+    "ProcessNotFoundError",
+    "SetClosedError",
+    "UnsupportedKindError",
+]

@@ -1,0 +1,317 @@
+"""The syscalls nspool makes, each wrapped once.
+
+Every wrapper retries ``EINTR`` and turns any other failure into the matching
+:class:`~nspool.errors.NamespaceError`, naming the syscall, the kind and the
+path or pid. Nothing above this module calls ``os.setns``, ``libc.mount`` or
+the like directly.
+
+Two backends provide ``setns`` and ``unshare``:
+
+* ``"os"``: :func:`os.setns` and :func:`os.unshare` (Python 3.12 and later);
+* ``"ctypes"``: the C library through :mod:`ctypes` (any Python; the only
+  choice on 3.11).
+
+``"os"`` is used where it exists. :func:`use_backend` forces one (the tests run
+the suite on both); so does the environment variable ``NSPOOL_SYSCALLS`` read
+at import. ``mount``/``umount2`` always go through ctypes (Python has no
+wrapper), and ``pidfd_open``/``ioctl`` through :mod:`os` and :mod:`fcntl`.
+
+All functions act on the calling thread only, as the kernel does: namespaces
+are per thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import signal
+from collections.abc import Callable
+from typing import TypeVar
+
+from .errors import KindMismatchError, NamespaceError, from_errno
+from .kinds import Kind
+
+__all__ = [
+    "MNT_DETACH",
+    "MS_BIND",
+    "MS_PRIVATE",
+    "MS_REC",
+    "MS_SHARED",
+    "NS_GET_NSTYPE",
+    "backend",
+    "mount",
+    "nstype",
+    "open_ns",
+    "pidfd_is_alive",
+    "pidfd_open",
+    "setns",
+    "umount2",
+    "unshare",
+    "use_backend",
+]
+
+# <linux/nsfs.h>: _IO(0xb7, 0x3)
+NS_GET_NSTYPE = 0xB703
+# <sys/mount.h>
+MS_REC = 0x4000
+MS_BIND = 0x1000
+MS_PRIVATE = 1 << 18
+MS_SHARED = 1 << 20
+MNT_DETACH = 0x2
+CLONE_FS = 0x00000200
+
+_T = TypeVar("_T")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_c_setns = _libc.setns
+_c_setns.argtypes = (ctypes.c_int, ctypes.c_int)
+_c_setns.restype = ctypes.c_int
+_c_unshare = _libc.unshare
+_c_unshare.argtypes = (ctypes.c_int,)
+_c_unshare.restype = ctypes.c_int
+_c_mount = _libc.mount
+_c_mount.argtypes = (
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+)
+_c_mount.restype = ctypes.c_int
+_c_umount2 = _libc.umount2
+_c_umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_c_umount2.restype = ctypes.c_int
+
+
+def _retry(call: Callable[[], _T]) -> _T:
+    """Call ``call`` until it does not fail with ``EINTR``."""
+    while True:
+        try:
+            return call()
+        except InterruptedError:
+            continue
+
+
+def _ctypes_call(fn: Callable[..., int], *args: object) -> None:
+    """Call a libc function returning -1/errno, raising ``OSError`` on failure
+    (retried by :func:`_retry` on ``EINTR``)."""
+    if fn(*args) == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class _Backend:
+    name = "ctypes"
+
+    def setns(self, fd: int, nstype: int) -> None:
+        _ctypes_call(_c_setns, fd, nstype)
+
+    def unshare(self, flags: int) -> None:
+        _ctypes_call(_c_unshare, flags)
+
+
+class _OsBackend(_Backend):
+    name = "os"
+
+    def setns(self, fd: int, nstype: int) -> None:
+        os.setns(fd, nstype)  # type: ignore[attr-defined,unused-ignore]
+
+    def unshare(self, flags: int) -> None:
+        os.unshare(flags)  # type: ignore[attr-defined,unused-ignore]
+
+
+_BACKENDS: dict[str, _Backend] = {"ctypes": _Backend()}
+if hasattr(os, "setns") and hasattr(os, "unshare"):
+    _BACKENDS["os"] = _OsBackend()
+
+_backend: _Backend = _BACKENDS.get(
+    os.environ.get("NSPOOL_SYSCALLS", ""), _BACKENDS.get("os", _BACKENDS["ctypes"])
+)
+
+
+def backend() -> str:
+    """The name of the backend in use: ``"os"`` or ``"ctypes"``."""
+    return _backend.name
+
+
+def available_backends() -> tuple[str, ...]:
+    """The backends this Python offers (``("ctypes",)`` on 3.11)."""
+    return tuple(_BACKENDS)
+
+
+def use_backend(name: str) -> str:
+    """Switch every later ``setns``/``unshare`` to backend ``name`` and return
+    the previous one's name. For tests and benchmarks; not thread-safe against
+    calls in flight."""
+    global _backend
+    try:
+        new = _BACKENDS[name]
+    except KeyError:
+        raise ValueError(
+            f"syscall backend {name!r} is not available here (have: {', '.join(_BACKENDS)})"
+        ) from None
+    old, _backend = _backend.name, new
+    return old
+
+
+def setns(fd: int, kind: Kind | int, *, path: str | None = None) -> None:
+    """Move the calling thread into the namespace(s) ``fd`` refers to.
+
+    ``kind`` is the expected kind (the kernel checks it), or for a pidfd the
+    kinds to join at once. ``path`` only names the namespace in errors.
+    """
+    try:
+        _retry(lambda: _backend.setns(fd, int(kind)))
+    except OSError as exc:
+        raise from_errno(
+            exc.errno or errno.EIO, syscall="setns", kind=Kind(kind), path=path
+        ) from exc
+
+
+def unshare(flags: Kind | int) -> None:
+    """Give the calling thread new namespaces of the kinds in ``flags``
+    (other ``CLONE_*`` bits such as ``CLONE_FS`` pass through)."""
+    try:
+        _retry(lambda: _backend.unshare(int(flags)))
+    except OSError as exc:
+        kinds = Kind(int(flags) & int(Kind.all()))
+        raise from_errno(exc.errno or errno.EIO, syscall="unshare", kind=kinds or None) from exc
+
+
+def unshare_fs() -> None:
+    """Stop sharing cwd, root and umask with the process's other threads
+    (``unshare(CLONE_FS)``). Required before ``setns`` into a mount namespace.
+    """
+    try:
+        _retry(lambda: _backend.unshare(CLONE_FS))
+    except OSError as exc:
+        raise from_errno(
+            exc.errno or errno.EIO, syscall="unshare", detail="CLONE_FS", kind=Kind.MNT
+        ) from exc
+
+
+def pidfd_open(pid: int) -> int:
+    """A pidfd (close-on-exec) for ``pid``; :class:`ProcessNotFoundError` if
+    there is no such process."""
+    if pid <= 0:
+        raise from_errno(errno.ESRCH, syscall="pidfd_open", pid=pid, detail="not a process id")
+    try:
+        return _retry(lambda: os.pidfd_open(pid))
+    except OSError as exc:
+        raise from_errno(exc.errno or errno.EIO, syscall="pidfd_open", pid=pid) from exc
+
+
+def pidfd_is_alive(pidfd: int) -> bool:
+    """Whether the process behind ``pidfd`` still runs (signal 0)."""
+    try:
+        _retry(lambda: signal.pidfd_send_signal(pidfd, 0))
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def nstype(fd: int, *, path: str | None = None) -> Kind:
+    """The kind of namespace ``fd`` refers to (``ioctl(NS_GET_NSTYPE)``);
+    :class:`NotANamespaceError` for any other file."""
+    try:
+        value = _retry(lambda: fcntl.ioctl(fd, NS_GET_NSTYPE))
+    except OSError as exc:
+        err = exc.errno or errno.EIO
+        if err in (errno.ENOTTY, errno.EINVAL):
+            err = errno.ENOTTY
+        raise from_errno(
+            err, syscall="ioctl(NS_GET_NSTYPE)", path=path, detail="not a namespace file"
+        ) from exc
+    return Kind.from_nstype(value)
+
+
+def open_ns(path: str, kind: Kind, *, dir_fd: int | None = None, pid: int | None = None) -> int:
+    """Open the namespace file ``path`` close-on-exec, and check that it is a
+    namespace of ``kind``. Returns the fd; on any failure nothing stays open.
+
+    Raises :class:`NamespaceNotFoundError` (no such file),
+    :class:`NotANamespaceError` (a file, but no namespace) or
+    :class:`KindMismatchError` (a namespace of another kind).
+    """
+    shown = path if dir_fd is None else f"{_fd_path(dir_fd)}/{path}"
+    try:
+        fd = _retry(lambda: os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd))
+    except OSError as exc:
+        raise from_errno(
+            exc.errno or errno.EIO, syscall="open", kind=kind, path=shown, pid=pid
+        ) from exc
+    try:
+        actual = nstype(fd, path=shown)
+        if actual != kind:
+            raise KindMismatchError(
+                errno.EINVAL,
+                syscall="open",
+                kind=kind,
+                path=shown,
+                pid=pid,
+                detail=f"is a {actual} namespace, not {kind}",
+            )
+    except NamespaceError as exc:
+        os.close(fd)
+        if exc.pid is None and pid is not None:
+            exc.pid = pid
+        if exc.kind is None:
+            exc.kind = str(kind)
+        raise
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _fd_path(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return f"fd {fd}"
+
+
+def mount(
+    source: str | None,
+    target: str,
+    fstype: str | None,
+    flags: int,
+    data: str | None = None,
+    *,
+    kind: Kind | None = None,
+) -> None:
+    """``mount(2)`` on the calling thread's mount namespace."""
+
+    def enc(s: str | None) -> bytes | None:
+        return None if s is None else os.fsencode(s)
+
+    try:
+        _retry(
+            lambda: _ctypes_call(
+                _c_mount,
+                enc(source),
+                enc(target),
+                enc(fstype),
+                flags,
+                enc(data),
+            )
+        )
+    except OSError as exc:
+        raise from_errno(
+            exc.errno or errno.EIO,
+            syscall="mount",
+            kind=kind,
+            path=target,
+            detail=None if source is None else f"source {source}",
+        ) from exc
+
+
+def umount2(target: str, flags: int, *, kind: Kind | None = None) -> None:
+    """``umount2(2)`` on the calling thread's mount namespace."""
+    try:
+        _retry(lambda: _ctypes_call(_c_umount2, os.fsencode(target), flags))
+    except OSError as exc:
+        raise from_errno(exc.errno or errno.EIO, syscall="umount2", kind=kind, path=target) from exc

@@ -1,0 +1,171 @@
+"""The nspool exception tree.
+
+Every error nspool raises is a :class:`NamespaceError`, itself an
+:class:`OSError`, so code that already handles ``OSError`` keeps working.
+Subclasses also derive from the matching builtin (``FileNotFoundError``,
+``PermissionError``, ...), so ``except FileNotFoundError`` catches a missing
+namespace file whether or not the caller knows about nspool.
+
+Each message names the namespace kind, the path or pid involved, and the
+syscall that failed, e.g.::
+
+    setns(net, /run/netns/blue): [Errno 1] Operation not permitted
+
+This module depends on nothing else in nspool; the lower layers raise through
+:func:`from_errno`, which picks the subclass from the errno.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+__all__ = [
+    "KindError",
+    "KindMismatchError",
+    "NamespaceError",
+    "NamespaceExistsError",
+    "NamespaceNotFoundError",
+    "NamespacePermissionError",
+    "NotANamespaceError",
+    "ProcessNotFoundError",
+    "SetClosedError",
+    "UnsupportedKindError",
+    "from_errno",
+]
+
+
+class NamespaceError(OSError):
+    """Base of every nspool error.
+
+    Raised directly for failures without a more specific subclass (for
+    example ``EINVAL`` from ``setns``). ``errno`` and ``strerror`` are those of
+    the failed syscall; ``kind``, ``path``, ``pid`` and ``syscall`` say where.
+    """
+
+    kind: str | None
+    path: str | None
+    pid: int | None
+    syscall: str | None
+
+    def __init__(
+        self,
+        errno: int,
+        strerror: str | None = None,
+        *,
+        syscall: str | None = None,
+        kind: object = None,
+        path: str | os.PathLike[str] | None = None,
+        pid: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        strerror = strerror if strerror is not None else os.strerror(errno)
+        if detail:
+            strerror = f"{strerror}: {detail}"
+        super().__init__(errno, strerror)
+        self.kind = None if kind is None else str(kind)
+        self.path = None if path is None else os.fspath(path)
+        self.pid = pid
+        self.syscall = syscall
+        # OSError.filename drives its own formatting; we format ourselves, so
+        # keep the path here for callers that read .filename.
+        self.filename = self.path
+
+    def __str__(self) -> str:
+        where = [w for w in (self.kind, self.path) if w]
+        if self.pid is not None:
+            where.append(f"pid {self.pid}")
+        head = f"{self.syscall or 'nspool'}({', '.join(where)})"
+        return f"{head}: [Errno {self.errno}] {self.strerror}"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep the keyword-only context across pickling (e.g. to a subprocess).
+        return (
+            _rebuild,
+            (type(self), self.errno, self.strerror, self.syscall, self.kind, self.path, self.pid),
+        )
+
+
+def _rebuild(
+    cls: type[NamespaceError],
+    err: int,
+    strerror: str | None,
+    syscall: str | None,
+    kind: str | None,
+    path: str | None,
+    pid: int | None,
+) -> NamespaceError:
+    return cls(err, strerror, syscall=syscall, kind=kind, path=path, pid=pid)
+
+
+class NamespaceNotFoundError(NamespaceError, FileNotFoundError):
+    """The namespace file, directory or ``ip netns`` name does not exist."""
+
+
+class NamespaceExistsError(NamespaceError, FileExistsError):
+    """A name or mount point that nspool was asked to create already exists."""
+
+
+class NamespacePermissionError(NamespaceError, PermissionError):
+    """The kernel refused the operation (``EPERM``/``EACCES``): usually missing
+    ``CAP_SYS_ADMIN`` over the namespace's owning user namespace."""
+
+
+class ProcessNotFoundError(NamespaceError, ProcessLookupError):
+    """The pid does not exist, or exited before its namespaces were opened.
+
+    Raised by ``NamespaceSet.from_pid``: a pid is pinned with a pidfd before
+    anything is read, so a process that exits (and whose pid may be reused)
+    yields this error, never another process's namespaces.
+    """
+
+
+class NotANamespaceError(NamespaceError):
+    """The path or fd is not a namespace file (``NS_GET_NSTYPE`` gave
+    ``ENOTTY``): a regular file, a directory, a device."""
+
+
+class KindMismatchError(NamespaceError):
+    """The file is a namespace, but of another kind than the one claimed, e.g.
+    a network namespace file passed as ``Kind.UTS``."""
+
+
+class KindError(NamespaceError, ValueError):
+    """A kind name or flag value is not a namespace kind, or a kind set that
+    must not be empty is empty. Raised by ``Kind.parse`` and every function
+    taking kinds, before anything is opened."""
+
+
+class UnsupportedKindError(NamespaceError):
+    """The operation is not supported for this kind here, e.g. a user
+    namespace (created by a helper process, see the user-namespace support) or
+    an inline call into a kind that cannot be restored on the spot."""
+
+
+class SetClosedError(NamespaceError):
+    """The ``NamespaceSet`` was used after ``close()`` (errno ``EBADF``)."""
+
+
+_BY_ERRNO: dict[int, type[NamespaceError]] = {
+    _errno.ENOENT: NamespaceNotFoundError,
+    _errno.EEXIST: NamespaceExistsError,
+    _errno.EPERM: NamespacePermissionError,
+    _errno.EACCES: NamespacePermissionError,
+    _errno.ESRCH: ProcessNotFoundError,
+    _errno.ENOTTY: NotANamespaceError,
+}
+
+
+def from_errno(
+    err: int,
+    *,
+    syscall: str,
+    kind: object = None,
+    path: str | os.PathLike[str] | None = None,
+    pid: int | None = None,
+    detail: str | None = None,
+) -> NamespaceError:
+    """Build the nspool error for a failed syscall, choosing the subclass from
+    ``err``. The caller raises it (``raise from_errno(...) from exc``)."""
+    cls = _BY_ERRNO.get(err, NamespaceError)
+    return cls(err, syscall=syscall, kind=kind, path=path, pid=pid, detail=detail)

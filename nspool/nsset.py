@@ -1,0 +1,827 @@
+"""``NamespaceSet``: a set of namespaces held by file descriptors.
+
+A set owns one close-on-exec fd per kind. Holding the fd keeps the namespace
+alive; closing the set's last fd (with no thread or process left inside) lets
+the kernel free it. A set never moves the thread that creates or opens it:
+new namespaces are made on a short-lived helper thread, which is thrown away
+afterwards, so the caller's own namespaces are untouched (the bug of
+vishvananda/netns#50 and #79 cannot happen here).
+
+Thread-safety: every method may be called from any thread. ``close()`` while
+another thread is using the fds (for example entering them) is safe: the fds
+are closed only once the last user is done, so an fd number is never reused
+under a ``setns`` in flight.
+
+Unsafe cases, on purpose left to the caller:
+
+* ``fds()`` hands out the set's own fds: they stay valid only until
+  ``close()``. Use ``dup()`` to keep namespaces beyond the set's life.
+* ``setns`` into a time namespace fails with ``EUSERS`` in any multi-threaded
+  process, and into a user namespace with ``EINVAL``; holding such fds works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from . import _sys
+from .errors import (
+    KindError,
+    NamespaceError,
+    NamespaceNotFoundError,
+    ProcessNotFoundError,
+    SetClosedError,
+    UnsupportedKindError,
+    from_errno,
+)
+from .kinds import ALL_KINDS, NO_KINDS, SETNS_ORDER, Kind
+
+__all__ = ["NamespaceSet", "enter"]
+
+#: Where ``ip netns`` keeps its names (iproute2's ``NETNS_RUN_DIR``).
+NETNS_RUN_DIR = "/run/netns"
+
+#: The calling thread's namespace links, as the host's ``/proc`` shows them.
+_THREAD_NS_DIR = "/proc/thread-self/ns"
+
+#: Propagation given to a new mount namespace's mounts, as ``unshare(1)``
+#: does by default: nothing mounted inside reaches the host or back.
+NEW_MOUNT_PROPAGATION = _sys.MS_REC | _sys.MS_PRIVATE
+
+_T = TypeVar("_T")
+KindsArg = Kind | int | str | Iterable[str | Kind]
+
+# The init of a fresh pid namespace: it reaps orphans reparented to it, and
+# exits when its stdin closes, i.e. when the set releases it or this process
+# dies. Its exit makes the kernel kill everything else in the namespace.
+_INIT_SOURCE = """\
+import os, signal
+def reap(*_):
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+signal.signal(signal.SIGCHLD, reap)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+while os.read(0, 64):
+    pass
+"""
+
+
+class _PidInit:
+    """The minimal init process that keeps a fresh pid namespace usable.
+
+    A new pid namespace has no id until its first process exists, and once
+    that process (its PID 1) exits every later fork into it fails with
+    ``ENOMEM``. So a set that creates a pid namespace starts this init in it
+    and keeps it for the set's life; sets that share the namespace (``dup``,
+    nested sets) share the init by reference count. Releasing the last
+    reference ends the init, and with it every process in the namespace.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._process = process
+        self._refs = 1
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int:
+        """The init's pid as this process sees it."""
+        return self._process.pid
+
+    @classmethod
+    def start(cls) -> _PidInit:
+        """Start the init from the calling thread, whose ``pid_for_children``
+        must be the new pid namespace. Not ``os.fork()``: ``subprocess``
+        execs at once, so no lock of this threaded interpreter is inherited.
+        """
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _INIT_SOURCE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise from_errno(
+                exc.errno or errno.EIO, syscall="fork", kind=Kind.PID, detail="starting init"
+            ) from exc
+        return cls(process)
+
+    def acquire(self) -> _PidInit:
+        with self._lock:
+            self._refs += 1
+        return self
+
+    def release(self) -> None:
+        """Drop one reference; the last one ends the init and reaps it."""
+        with self._lock:
+            self._refs -= 1
+            if self._refs:
+                return
+        stdin = self._process.stdin
+        if stdin is not None:
+            stdin.close()
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
+        self._process.wait()
+
+
+def enter(fds: Mapping[Kind, int], *, skip: Kind = NO_KINDS) -> None:
+    """Move the calling thread into the namespaces ``fds``, in
+    :data:`~nspool.kinds.SETNS_ORDER`, except the kinds in ``skip``.
+
+    Runs on the calling thread and changes it: call it only on a thread that
+    is then restored or thrown away. Before a mount namespace the thread stops
+    sharing its filesystem attributes (``unshare(CLONE_FS)``), which the
+    kernel requires; from then on its cwd and root are its own.
+    On failure the thread may be partly moved: discard it.
+    """
+    for kind in SETNS_ORDER:
+        fd = fds.get(kind)
+        if fd is None or kind & skip:
+            continue
+        if kind is Kind.MNT:
+            _sys.unshare_fs()
+        _sys.setns(fd, kind)
+
+
+def _on_helper_thread(work: Callable[[], _T], cleanup: Callable[[_T], None], *, name: str) -> _T:
+    """Run ``work`` on a new thread that exits afterwards, and return its
+    result; any namespace change ``work`` makes dies with that thread.
+
+    Blocks the calling thread until the helper ends. If the wait is
+    interrupted (``KeyboardInterrupt``), the helper finishes on its own and
+    hands its result to ``cleanup`` instead, so nothing it made leaks.
+    """
+    lock = threading.Lock()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # delivered to the caller below
+            with lock:
+                box["error"] = exc
+            return
+        with lock:
+            abandoned = box.get("abandoned", False)
+            if not abandoned:
+                box["result"] = result
+        if abandoned:
+            cleanup(result)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        thread.join()
+    except BaseException:
+        with lock:
+            box["abandoned"] = True
+            finished = "result" in box
+        if finished:
+            cleanup(box.pop("result"))
+        raise
+    if "error" in box:
+        error: BaseException = box.pop("error")
+        try:
+            raise error
+        finally:
+            del error
+    result: _T = box.pop("result")
+    return result
+
+
+def _close_fds(fds: Iterable[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _validate_name(name: str) -> str:
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise NamespaceNotFoundError(
+            errno.EINVAL,
+            syscall="ip netns",
+            kind=Kind.NET,
+            path=name,
+            detail="not a valid netns name (empty, '.', '..' or contains '/')",
+        )
+    return name
+
+
+class _Unshare:
+    """Descriptor behind ``NamespaceSet.unshare``: on the class it creates
+    namespaces from the caller's, on an instance it creates them nested in
+    that set."""
+
+    def __get__(
+        self, obj: NamespaceSet | None, owner: type[NamespaceSet]
+    ) -> Callable[[KindsArg], NamespaceSet]:
+        if obj is None:
+            return owner._unshare_new
+        return obj._unshare_nested
+
+
+class NamespaceSet:
+    """One open namespace per kind, owned by fd.
+
+    Make one with :meth:`unshare`, :meth:`current`, :meth:`from_pid`,
+    :meth:`from_path`, :meth:`from_dir` or :meth:`from_name`; use it as a
+    context manager or call :meth:`close`. A set that is garbage-collected
+    unclosed is closed with a :class:`ResourceWarning`.
+
+    A set holding a pid namespace that it created keeps that namespace's
+    init process running until the set (and every set sharing it) is closed;
+    closing ends every process in the namespace.
+    """
+
+    unshare = _Unshare()
+
+    def __init__(
+        self,
+        fds: Mapping[Kind, int],
+        *,
+        init: _PidInit | None = None,
+    ) -> None:
+        """Take ownership of ``fds`` (one namespace fd per single kind).
+
+        Prefer the named constructors; this one trusts its arguments. ``init``
+        is a reference to the pid-namespace init this set keeps alive.
+        """
+        self._fds: dict[Kind, int] = dict(fds)
+        self._kinds = Kind(sum(int(k) for k in self._fds))
+        self._init = init
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closed = False
+        self._released = False
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def _unshare_new(cls, kinds: KindsArg) -> NamespaceSet:
+        """Create new namespaces of ``kinds`` (``NamespaceSet.unshare(kinds)``).
+
+        The calling thread does not move: the namespaces are made on a helper
+        thread that is thrown away afterwards. Called on a set instead
+        (``s.unshare(kinds)``), the new namespaces are nested in ``s``: a new
+        mount namespace is a copy of ``s``'s, and the result also holds
+        ``s``'s other kinds.
+
+        A new mount namespace gets private propagation
+        (:data:`NEW_MOUNT_PROPAGATION`). A new pid namespace gets an init
+        process (see the class docstring). Pid and time namespaces affect only
+        processes started from a thread in the set. ``Kind.USER`` is refused
+        with :class:`UnsupportedKindError` for now.
+
+        Blocks the calling thread for about a millisecond (the kernel's cost
+        of a network namespace), longer with a pid namespace (its init
+        starts). On failure nothing is left behind: no fd, thread or
+        namespace.
+        """
+        return cls._create(Kind.require(kinds, what="unshare"), base=None)
+
+    def _unshare_nested(self, kinds: KindsArg) -> NamespaceSet:
+        """Create new namespaces of ``kinds`` nested in this set
+        (``s.unshare(kinds)``); see :meth:`_unshare_new`."""
+        return type(self)._create(Kind.require(kinds, what="unshare"), base=self)
+
+    @classmethod
+    def _create(cls, kinds: Kind, base: NamespaceSet | None) -> NamespaceSet:
+        if kinds & Kind.USER:
+            raise UnsupportedKindError(
+                errno.ENOTSUP,
+                syscall="unshare",
+                kind=Kind.USER,
+                detail="creating user namespaces is not supported yet "
+                "(a multi-threaded process cannot unshare one)",
+            )
+        if base is not None and kinds & Kind.PID and base._kinds & Kind.PID:
+            raise UnsupportedKindError(
+                errno.EINVAL,
+                syscall="unshare",
+                kind=Kind.PID,
+                detail="a new pid namespace cannot be made from a thread that "
+                "has joined another pid namespace",
+            )
+        borrowed: contextlib.AbstractContextManager[dict[Kind, int]] = (
+            base._borrow() if base is not None else contextlib.nullcontext({})
+        )
+        with borrowed as base_fds:
+            made = _on_helper_thread(
+                lambda: _make_namespaces(kinds, base_fds),
+                _discard_made,
+                name="nspool-unshare",
+            )
+            new_fds, init = made
+            # What the new set shares with the base: its own copies of those fds.
+            shared: dict[Kind, int] = {}
+            try:
+                for kind, fd in base_fds.items():
+                    if not kind & kinds:
+                        shared[kind] = os.dup(fd)
+            except OSError as exc:
+                _close_fds(shared.values())
+                _discard_made(made)
+                raise from_errno(exc.errno or errno.EIO, syscall="dup", kind=kinds) from exc
+            if init is None and base is not None and base._init and Kind.PID in shared:
+                init = base._init.acquire()
+            return cls({**shared, **new_fds}, init=init)
+
+    @classmethod
+    def current(cls, kinds: KindsArg = ALL_KINDS) -> NamespaceSet:
+        """The calling thread's namespaces of ``kinds`` (default: all).
+
+        For pid and time this is where the thread's *children* go
+        (``pid_for_children``, ``time_for_children``), which is what entering
+        the set later reproduces. Raises :class:`NamespaceNotFoundError` if the
+        thread unshared a pid namespace that has no process yet.
+        """
+        kinds = Kind.require(kinds, what="current")
+        return cls._open_each(
+            kinds, _THREAD_NS_DIR, name_of=lambda k: k.for_children_name, pid=None
+        )
+
+    @classmethod
+    def from_pid(cls, pid: int, kinds: KindsArg = ALL_KINDS) -> NamespaceSet:
+        """The namespaces of ``kinds`` (default: all) of process ``pid``.
+
+        The pid is pinned with a pidfd before anything is read, and checked to
+        be alive after its ``/proc`` directory is opened, so a pid that exits
+        (and is perhaps reused) in between raises
+        :class:`ProcessNotFoundError` instead of yielding another process's
+        namespaces (containernetworking/plugins#714).
+        """
+        kinds = Kind.require(kinds, what="from_pid")
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+        pidfd = _sys.pidfd_open(pid)
+        try:
+            ns_dir = f"/proc/{pid}/ns"
+            try:
+                dir_fd = os.open(ns_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                err = errno.ESRCH if exc.errno == errno.ENOENT else (exc.errno or errno.EIO)
+                raise from_errno(err, syscall="open", kind=kinds, path=ns_dir, pid=pid) from exc
+            try:
+                if not _sys.pidfd_is_alive(pidfd):
+                    raise ProcessNotFoundError(
+                        errno.ESRCH,
+                        syscall="open",
+                        kind=kinds,
+                        path=ns_dir,
+                        pid=pid,
+                        detail="the process exited while its namespaces were read",
+                    )
+                try:
+                    return cls._open_each(
+                        kinds, ns_dir, name_of=lambda k: k.proc_name, pid=pid, dir_fd=dir_fd
+                    )
+                except NamespaceNotFoundError as exc:
+                    # The directory outlives the process: a vanished link means
+                    # the process exited (or is a zombie without namespaces).
+                    if _sys.pidfd_is_alive(pidfd) and os.path.exists(f"/proc/{pid}/exe"):
+                        raise
+                    raise ProcessNotFoundError(
+                        errno.ESRCH,
+                        syscall="open",
+                        kind=exc.kind,
+                        path=exc.path,
+                        pid=pid,
+                        detail="the process exited while its namespaces were read",
+                    ) from exc
+            finally:
+                os.close(dir_fd)
+        finally:
+            os.close(pidfd)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], kind: KindsArg | None = None) -> NamespaceSet:
+        """The namespace at ``path``: ``/proc/PID/ns/net``, a bind mount such as
+        ``/run/netns/blue``, ``/proc/self/fd/N``.
+
+        ``kind`` is the single kind the file must be; omitted, it is read from
+        the file. :class:`KindMismatchError` if the file is a namespace of
+        another kind, :class:`NotANamespaceError` if it is no namespace.
+        """
+        path = os.fspath(path)
+        if kind is None:
+            fd = _open_any_ns(path)
+            return cls({_sys.nstype(fd, path=path): fd})
+        single = Kind.require(kind, what="from_path")
+        if len(list(single.singles())) != 1:
+            raise KindError(
+                errno.EINVAL,
+                syscall="from_path",
+                kind=single,
+                path=path,
+                detail="a namespace file has exactly one kind",
+            )
+        return cls({single: _sys.open_ns(path, single)})
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike[str], kinds: KindsArg) -> NamespaceSet:
+        """The namespaces of ``kinds`` in a directory laid out like
+        ``/proc/PID/ns`` (one file per kind, named as in ``/proc``), such as
+        one written by :meth:`mount`."""
+        directory = os.fspath(directory)
+        kinds = Kind.require(kinds, what="from_dir")
+        try:
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise from_errno(
+                exc.errno or errno.EIO, syscall="open", kind=kinds, path=directory
+            ) from exc
+        try:
+            return cls._open_each(
+                kinds, directory, name_of=lambda k: k.proc_name, pid=None, dir_fd=dir_fd
+            )
+        finally:
+            os.close(dir_fd)
+
+    @classmethod
+    def from_name(cls, name: str) -> NamespaceSet:
+        """The network namespace that ``ip netns`` calls ``name``."""
+        path = os.path.join(NETNS_RUN_DIR, _validate_name(name))
+        return cls({Kind.NET: _sys.open_ns(path, Kind.NET)})
+
+    @classmethod
+    def _open_each(
+        cls,
+        kinds: Kind,
+        directory: str,
+        *,
+        name_of: Callable[[Kind], str],
+        pid: int | None,
+        dir_fd: int | None = None,
+    ) -> NamespaceSet:
+        fds: dict[Kind, int] = {}
+        try:
+            for kind in kinds.singles():
+                name = name_of(kind)
+                path = name if dir_fd is not None else os.path.join(directory, name)
+                fds[kind] = _sys.open_ns(path, kind, dir_fd=dir_fd, pid=pid)
+        except BaseException as exc:
+            _close_fds(fds.values())
+            if isinstance(exc, NamespaceError) and dir_fd is not None:
+                exc.path = os.path.join(directory, os.path.basename(exc.path or ""))
+                exc.filename = exc.path
+            raise
+        return cls(fds)
+
+    # -- use ----------------------------------------------------------------
+
+    @property
+    def kinds(self) -> Kind:
+        """The kinds this set holds."""
+        return self._kinds
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def init_pid(self) -> int | None:
+        """The pid (as this process sees it) of the init this set keeps in its
+        pid namespace, or ``None`` if it keeps none."""
+        return None if self._init is None else self._init.pid
+
+    def id(self, kind: KindsArg) -> int:
+        """The inode number of the namespace of ``kind``, as in
+        ``readlink /proc/PID/ns/KIND`` (``net:[4026531840]``).
+
+        Only meaningful while the namespace lives: the kernel reuses the
+        number once it is freed.
+        """
+        single = Kind.require(kind, what="id")
+        with self._borrow(single) as fds:
+            if single not in fds:
+                raise KindError(
+                    errno.EINVAL, syscall="id", kind=single, detail=f"the set holds {self._kinds}"
+                )
+            return os.fstat(fds[single]).st_ino
+
+    def ids(self) -> dict[Kind, int]:
+        """:meth:`id` of every kind in the set."""
+        with self._borrow() as fds:
+            return {k: os.fstat(fd).st_ino for k, fd in fds.items()}
+
+    def fds(self, kinds: KindsArg | None = None) -> dict[Kind, int]:
+        """The set's own fds of ``kinds`` (default: all), valid until
+        :meth:`close`. Do not close them; :meth:`dup` gives fds to keep."""
+        with self._borrow(None if kinds is None else Kind.require(kinds, what="fds")) as fds:
+            return dict(fds)
+
+    def dup(self, kinds: KindsArg | None = None) -> NamespaceSet:
+        """A new, independent set holding the same namespaces of ``kinds``
+        (default: all). Closing either set leaves the other usable."""
+        wanted = None if kinds is None else Kind.require(kinds, what="dup")
+        with self._borrow(wanted) as fds:
+            copies: dict[Kind, int] = {}
+            try:
+                for kind, fd in fds.items():
+                    copies[kind] = os.dup(fd)  # close-on-exec, as Python's dup is
+            except OSError as exc:
+                _close_fds(copies.values())
+                raise from_errno(exc.errno or errno.EIO, syscall="dup") from exc
+            init = self._init.acquire() if self._init and Kind.PID in copies else None
+            return type(self)(copies, init=init)
+
+    # -- persistence -----------------------------------------------------------
+
+    def persist(self, name: str) -> str:
+        """Give the set's network namespace the ``ip netns`` name ``name``
+        (a bind mount at ``/run/netns/NAME``); returns that path.
+
+        ``/run/netns`` is set up as iproute2 sets it up (a shared mount), so
+        ``ip netns`` sees the name and ``ip netns del`` removes it. Raises
+        :class:`NamespaceExistsError` if the name is taken. Undo with
+        :meth:`unpersist`.
+        """
+        path = os.path.join(NETNS_RUN_DIR, _validate_name(name))
+        with self._borrow(Kind.NET) as fds:
+            if Kind.NET not in fds:
+                raise KindError(
+                    errno.EINVAL,
+                    syscall="persist",
+                    kind=Kind.NET,
+                    path=path,
+                    detail=f"the set holds no network namespace ({self._kinds})",
+                )
+            _prepare_netns_dir(NETNS_RUN_DIR)
+            _bind_ns(fds[Kind.NET], Kind.NET, path)
+        return path
+
+    @staticmethod
+    def unpersist(name: str) -> None:
+        """Remove the ``ip netns`` name ``name`` (as ``ip netns del`` does:
+        a lazy unmount, then the file). The namespace itself lives on while
+        anything else holds it."""
+        _unbind_ns(os.path.join(NETNS_RUN_DIR, _validate_name(name)), Kind.NET)
+
+    def mount_ns(self, kind: KindsArg, path: str | os.PathLike[str]) -> None:
+        """Bind-mount the namespace of single kind ``kind`` at ``path`` (an
+        empty file is created if ``path`` does not exist), so that it outlives
+        this set and this process. Undo with :meth:`unmount`.
+
+        A mount namespace can only be mounted in an older mount namespace
+        than itself (the kernel refuses loops with ``EINVAL``).
+        """
+        single = Kind.require(kind, what="mount_ns")
+        with self._borrow(single) as fds:
+            if single not in fds:
+                raise KindError(
+                    errno.EINVAL,
+                    syscall="mount_ns",
+                    kind=single,
+                    path=os.fspath(path),
+                    detail=f"the set holds {self._kinds}",
+                )
+            _bind_ns(fds[single], single, os.fspath(path))
+
+    def mount(self, directory: str | os.PathLike[str]) -> None:
+        """Bind-mount every namespace of the set in ``directory`` (created if
+        missing), one file per kind named as in ``/proc/PID/ns``; read it back
+        with :meth:`from_dir`, undo it with :meth:`unmount`."""
+        directory = os.fspath(directory)
+        made_dir = not os.path.isdir(directory)
+        if made_dir:
+            try:
+                os.makedirs(directory, mode=0o755)
+            except OSError as exc:
+                raise from_errno(
+                    exc.errno or errno.EIO, syscall="mkdir", kind=self._kinds, path=directory
+                ) from exc
+        done: list[str] = []
+        try:
+            with self._borrow() as fds:
+                for kind, fd in fds.items():
+                    path = os.path.join(directory, kind.proc_name)
+                    _bind_ns(fd, kind, path)
+                    done.append(path)
+        except BaseException:
+            for path in done:
+                with contextlib.suppress(NamespaceError):
+                    _unbind_ns(path, None)
+            if made_dir:
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
+            raise
+
+    @staticmethod
+    def unmount(path: str | os.PathLike[str]) -> None:
+        """Undo :meth:`mount_ns` (a file) or :meth:`mount` (a directory):
+        lazily unmount each namespace file, remove it, and for a directory
+        remove the directory."""
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            _unbind_ns(path, None)
+            return
+        for entry in sorted(os.listdir(path)):
+            _unbind_ns(os.path.join(path, entry), None)
+        try:
+            os.rmdir(path)
+        except OSError as exc:
+            raise from_errno(exc.errno or errno.EIO, syscall="rmdir", path=path) from exc
+
+    # -- lifetime -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _borrow(self, kinds: Kind | None = None) -> Iterator[dict[Kind, int]]:
+        """Use the fds of ``kinds`` (default: all) without racing ``close()``:
+        they are not closed until every borrower is done."""
+        with self._lock:
+            if self._closed:
+                raise SetClosedError(
+                    errno.EBADF,
+                    syscall="NamespaceSet",
+                    kind=self._kinds,
+                    detail="the set is closed",
+                )
+            self._users += 1
+        try:
+            if kinds is None:
+                yield self._fds
+            else:
+                yield {k: fd for k, fd in self._fds.items() if k & kinds}
+        finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        """End one :meth:`_borrow`; the last borrower of a closed set
+        releases it."""
+        with self._lock:
+            self._users -= 1
+            release = self._closed and not self._users and not self._released
+            if release:
+                self._released = True
+        if release:
+            self._release()
+
+    def close(self) -> None:
+        """Close the set's fds (once no other thread is still using them),
+        and end its pid-namespace init if it is the last set sharing it.
+        Idempotent; safe from any thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            release = not self._users
+            self._released = release
+        if release:
+            self._release()
+
+    def _release(self) -> None:
+        fds, self._fds = self._fds, {}
+        _close_fds(fds.values())
+        init, self._init = self._init, None
+        if init is not None:
+            init.release()
+
+    def __enter__(self) -> NamespaceSet:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<NamespaceSet {self._kinds} closed>"
+        try:
+            ids = " ".join(f"{k.proc_name}:[{i}]" for k, i in self.ids().items())
+        except (OSError, NamespaceError):
+            ids = str(self._kinds)
+        return f"<NamespaceSet {ids}>"
+
+
+# -- helpers that run on the creating thread -------------------------------------
+
+
+def _make_namespaces(
+    kinds: Kind, base_fds: Mapping[Kind, int]
+) -> tuple[dict[Kind, int], _PidInit | None]:
+    """On a helper thread (which is thrown away afterwards): enter
+    ``base_fds``, create namespaces of ``kinds``, and open them.
+
+    A time namespace is created last, after the pid init started, so that
+    the init stays in the parent time namespace: the new one's clock offsets
+    can be set only while no process is in it.
+    """
+    ns_dir = os.open(_THREAD_NS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fds: dict[Kind, int] = {}
+    init: _PidInit | None = None
+    try:
+        # A thread cannot setns into a time namespace once the process has
+        # threads; it does not need to, only its children do.
+        enter(base_fds, skip=Kind.TIME)
+        first = kinds & ~Kind.TIME
+        if first:
+            _sys.unshare(first)
+        if kinds & Kind.MNT:
+            _sys.mount(None, "/", None, NEW_MOUNT_PROPAGATION, kind=Kind.MNT)
+        if kinds & Kind.PID:
+            init = _PidInit.start()
+        if kinds & Kind.TIME:
+            _sys.unshare(Kind.TIME)
+        for kind in kinds.singles():
+            fds[kind] = _sys.open_ns(kind.for_children_name, kind, dir_fd=ns_dir)
+    except BaseException:
+        _close_fds(fds.values())
+        if init is not None:
+            init.release()
+        raise
+    finally:
+        os.close(ns_dir)
+    return fds, init
+
+
+def _discard_made(made: tuple[dict[Kind, int], _PidInit | None]) -> None:
+    """Undo :func:`_make_namespaces` whose result nobody will take."""
+    _close_fds(made[0].values())
+    if made[1] is not None:
+        made[1].release()
+
+
+def _open_any_ns(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise from_errno(exc.errno or errno.EIO, syscall="open", path=path) from exc
+
+
+def _prepare_netns_dir(directory: str) -> None:
+    """Set ``directory`` up as iproute2 does: created 0755, and a shared
+    mount point (bound onto itself first if it is not a mount point), so that
+    a name removed in one mount namespace is removed in all of them."""
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise from_errno(exc.errno or errno.EIO, syscall="mkdir", path=directory) from exc
+    try:
+        _sys.mount("", directory, "none", _sys.MS_SHARED | _sys.MS_REC)
+    except NamespaceError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        _sys.mount(directory, directory, "none", _sys.MS_BIND | _sys.MS_REC)
+        _sys.mount("", directory, "none", _sys.MS_SHARED | _sys.MS_REC)
+
+
+def _bind_ns(fd: int, kind: Kind, path: str) -> None:
+    """Bind-mount the namespace ``fd`` at ``path``, creating an empty file
+    there if none exists (and removing it again if the mount fails)."""
+    created = False
+    try:
+        created_fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
+    except FileExistsError:
+        if os.path.ismount(path):
+            raise from_errno(
+                errno.EEXIST, syscall="mount", kind=kind, path=path, detail="already mounted"
+            ) from None
+    except OSError as exc:
+        raise from_errno(exc.errno or errno.EIO, syscall="open", kind=kind, path=path) from exc
+    else:
+        os.close(created_fd)
+        created = True
+    try:
+        _sys.mount(f"/proc/self/fd/{fd}", path, "none", _sys.MS_BIND, kind=kind)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
+
+
+def _unbind_ns(path: str, kind: Kind | None) -> None:
+    """Lazily unmount the namespace bound at ``path`` and remove the file.
+    ``MNT_DETACH`` never fails with ``EBUSY``."""
+    if not os.path.lexists(path):
+        raise from_errno(errno.ENOENT, syscall="umount2", kind=kind, path=path)
+    try:
+        _sys.umount2(path, _sys.MNT_DETACH, kind=kind)
+    except NamespaceError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: not mounted; still remove it
+            raise
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        raise from_errno(exc.errno or errno.EIO, syscall="unlink", kind=kind, path=path) from exc

@@ -5,8 +5,6 @@ submodules (``kinds``, ``_sys``, ``errors``, ``nsset``), whose dependencies
 point one way, top to bottom.
 """
 
-from __future__ import annotations
-
 from .errors import (
     KindError,
     KindMismatchError,

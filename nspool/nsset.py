@@ -305,7 +305,7 @@ class NamespaceSet:
                 errno.ENOTSUP,
                 syscall="unshare",
                 kind=Kind.USER,
-                detail="creating user namespaces is not supported yet "
+                detail="user namespaces cannot be created yet "
                 "(a multi-threaded process cannot unshare one)",
             )
         if base is not None and kinds & Kind.PID and base._kinds & Kind.PID:
@@ -419,8 +419,16 @@ class NamespaceSet:
         path = os.fspath(path)
         if kind is None:
             fd = _open_any_ns(path)
-            return cls({_sys.nstype(fd, path=path): fd})
-        single = Kind.require(kind, what="from_path")
+            try:
+                return cls({_sys.nstype(fd, path=path): fd})
+            except BaseException:
+                os.close(fd)
+                raise
+        try:
+            single = Kind.require(kind, what="from_path")
+        except KindError as exc:
+            exc.path = exc.filename = path
+            raise
         if len(list(single.singles())) != 1:
             raise KindError(
                 errno.EINVAL,

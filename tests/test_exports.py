@@ -1,0 +1,36 @@
+"""The public surface is exactly what we mean to export."""
+
+from __future__ import annotations
+
+import nspool
+
+EXPECTED = {
+    "Kind",
+    "KindError",
+    "KindMismatchError",
+    "NamespaceError",
+    "NamespaceExistsError",
+    "NamespaceNotFoundError",
+    "NamespacePermissionError",
+    "NamespaceSet",
+    "NotANamespaceError",
+    "ProcessNotFoundError",
+    "SetClosedError",
+    "UnsupportedKindError",
+}
+
+
+def test_all_is_exactly_the_public_surface() -> None:
+    """__all__ lists the intended names, each importable from nspool."""
+    assert set(nspool.__all__) == EXPECTED
+    assert len(nspool.__all__) == len(EXPECTED)
+    for name in EXPECTED:
+        assert getattr(nspool, name).__module__.startswith("nspool.")
+
+
+def test_no_other_public_names() -> None:
+    """Nothing public leaks into the package namespace besides __all__ and
+    the submodules."""
+    public = {n for n in vars(nspool) if not n.startswith("_")}
+    submodules = {"errors", "kinds", "nsset", "cli"}
+    assert public - submodules == EXPECTED

@@ -626,13 +626,17 @@ def test_close_waits_for_borrowers() -> None:
 
 def test_unclosed_set_warns() -> None:
     """A set collected unclosed is closed with a ResourceWarning."""
-    s = NamespaceSet.unshare(Kind.UTS)
-    fd = s.fds()[Kind.UTS]
-    del s
+    holder = [NamespaceSet.unshare(Kind.UTS)]
+    fd = holder[0].fds()[Kind.UTS]
     with pytest.warns(ResourceWarning, match="unclosed"):
-        gc.collect()
+        _drop_and_collect(holder)
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)
+
+
+def _drop_and_collect(holder: list[NamespaceSet]) -> None:
+    holder.clear()
+    gc.collect()
 
 
 def test_repr_shows_ids() -> None:

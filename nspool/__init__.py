@@ -18,7 +18,8 @@ from .errors import (
     UnsupportedKindError,
 )
 from .kinds import Kind
-from .nsset import NamespaceSet
+from .nsset import NamespaceSet, current
+from .workers import Workers, WorkersStats, default_workers
 
 __all__ = [
     "Kind",
@@ -33,4 +34,8 @@ __all__ = [
     "ProcessNotFoundError",
     "SetClosedError",
     "UnsupportedKindError",
+    "Workers",
+    "WorkersStats",
+    "current",
+    "default_workers",
 ]

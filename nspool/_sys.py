@@ -41,6 +41,7 @@ __all__ = [
     "MS_REC",
     "MS_SHARED",
     "NS_GET_NSTYPE",
+    "PIDFD_THREAD",
     "backend",
     "mount",
     "nstype",
@@ -62,11 +63,18 @@ MS_PRIVATE = 1 << 18
 MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
 CLONE_FS = 0x00000200
+# <linux/pidfd.h>: a pidfd for one thread rather than a thread group (6.9+).
+PIDFD_THREAD = os.O_EXCL
 
 _T = TypeVar("_T")
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_c_setns = _libc.setns
+_LIBC_NAME = ctypes.util.find_library("c") or "libc.so.6"
+_libc = ctypes.CDLL(_LIBC_NAME, use_errno=True)
+# setns takes microseconds: called through PyDLL it keeps the GIL, which
+# saves the release/re-acquire and, on a busy interpreter, a wait of up to a
+# switch interval to get the GIL back. unshare and mount can take
+# milliseconds (a new netns, kernel locks), so they release it.
+_c_setns = ctypes.PyDLL(_LIBC_NAME, use_errno=True).setns
 _c_setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _c_setns.restype = ctypes.c_int
 _c_unshare = _libc.unshare
@@ -107,7 +115,9 @@ class _Backend:
     name = "ctypes"
 
     def setns(self, fd: int, nstype: int) -> None:
-        _ctypes_call(_c_setns, fd, nstype)
+        if _c_setns(fd, nstype) == -1:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
 
     def unshare(self, flags: int) -> None:
         _ctypes_call(_c_unshare, flags)
@@ -162,13 +172,17 @@ def setns(fd: int, kind: Kind | int, *, path: str | None = None) -> None:
 
     ``kind`` is the expected kind (the kernel checks it), or for a pidfd the
     kinds to join at once. ``path`` only names the namespace in errors.
+    This is the hot path of every call: no closure, one attribute lookup.
     """
-    try:
-        _retry(lambda: _backend.setns(fd, int(kind)))
-    except OSError as exc:
-        raise from_errno(
-            exc.errno or errno.EIO, syscall="setns", kind=Kind(kind), path=path
-        ) from exc
+    while True:
+        try:
+            _backend.setns(fd, kind)
+            return
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+            raise from_errno(err, syscall="setns", kind=Kind(kind), path=path) from exc
 
 
 def unshare(flags: Kind | int) -> None:
@@ -193,13 +207,13 @@ def unshare_fs() -> None:
         ) from exc
 
 
-def pidfd_open(pid: int) -> int:
+def pidfd_open(pid: int, flags: int = 0) -> int:
     """A pidfd (close-on-exec) for ``pid``; :class:`ProcessNotFoundError` if
-    there is no such process."""
+    there is no such process. ``flags`` may be :data:`PIDFD_THREAD`."""
     if pid <= 0:
         raise from_errno(errno.ESRCH, syscall="pidfd_open", pid=pid, detail="not a process id")
     try:
-        return _retry(lambda: os.pidfd_open(pid))
+        return _retry(lambda: os.pidfd_open(pid, flags))
     except OSError as exc:
         raise from_errno(exc.errno or errno.EIO, syscall="pidfd_open", pid=pid) from exc
 

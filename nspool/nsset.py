@@ -30,7 +30,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from . import _sys
 from .errors import (
@@ -44,7 +44,7 @@ from .errors import (
 )
 from .kinds import ALL_KINDS, NO_KINDS, SETNS_ORDER, Kind
 
-__all__ = ["NamespaceSet", "enter"]
+__all__ = ["INLINE_KINDS", "NamespaceSet", "current", "enter"]
 
 #: Where ``ip netns`` keeps its names (iproute2's ``NETNS_RUN_DIR``).
 NETNS_RUN_DIR = "/run/netns"
@@ -56,7 +56,15 @@ _THREAD_NS_DIR = "/proc/thread-self/ns"
 #: does by default: nothing mounted inside reaches the host or back.
 NEW_MOUNT_PROPAGATION = _sys.MS_REC | _sys.MS_PRIVATE
 
+#: Kinds a thread can enter and leave again at once, which is what
+#: :meth:`NamespaceSet.call_inline` needs of the caller's thread. Not mnt
+#: (joining one makes the thread unshare its cwd and root for good), pid and
+#: time (they move only children; time cannot be joined by a threaded
+#: process), nor user (cannot be joined by a threaded process).
+INLINE_KINDS = Kind.NET | Kind.UTS | Kind.IPC | Kind.CGROUP
+
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 KindsArg = Kind | int | str | Iterable[str | Kind]
 
 # The init of a fresh pid namespace: it reaps orphans reparented to it, and
@@ -75,6 +83,19 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)
 while os.read(0, 64):
     pass
 """
+
+
+#: Seconds ``close()`` waits for a pid namespace's init to be reaped before
+#: leaving it to be reaped later (see :meth:`_PidInit.release`).
+INIT_REAP_WAIT = 0.2
+_unreaped: list[subprocess.Popen[bytes]] = []
+_unreaped_lock = threading.Lock()
+
+
+def _reap_finished_inits() -> None:
+    """Reap inits whose exit has completed since they were left pending."""
+    with _unreaped_lock:
+        _unreaped[:] = [p for p in _unreaped if p.poll() is None]
 
 
 class _PidInit:
@@ -135,7 +156,69 @@ class _PidInit:
             stdin.close()
         with contextlib.suppress(ProcessLookupError):
             self._process.kill()
-        self._process.wait()
+        # An init's exit completes only once every process of its namespace
+        # is reaped, and those may be our own children that the caller has
+        # yet to wait for: do not block on it, reap it later instead.
+        try:
+            self._process.wait(timeout=INIT_REAP_WAIT)
+        except subprocess.TimeoutExpired:
+            with _unreaped_lock:
+                _unreaped.append(self._process)
+        _reap_finished_inits()
+
+
+class _HomeFds(dict[Kind, int]):
+    """A thread's own namespaces, opened when first needed; closed when the
+    thread ends and its thread-local state is dropped."""
+
+    def __del__(self) -> None:
+        _close_fds(self.values())
+
+
+class _ThreadState(threading.local):
+    """Per thread: the sets it is running a call in (innermost last), and
+    fds of the namespaces it is in outside any set."""
+
+    def __init__(self) -> None:
+        self.stack: list[NamespaceSet] = []
+        self.home = _HomeFds()
+
+
+_thread = _ThreadState()
+
+
+def current() -> NamespaceSet | None:
+    """The set whose call the calling thread is running (the innermost one,
+    for nested ``call_inline``), or ``None`` outside any call.
+
+    Threads started by the callable are not counted as running in the set,
+    though they begin in its namespaces (see the kernel rules).
+    """
+    stack = _thread.stack
+    return stack[-1] if stack else None
+
+
+def _way_back(kind: Kind) -> int:
+    """An fd of where the calling thread is now for ``kind``: the innermost
+    running set holding ``kind``, or else the thread's own namespace (opened
+    once per thread while the thread is in it)."""
+    for s in reversed(_thread.stack):
+        fd = s._fds.get(kind)
+        if fd is not None:
+            return fd
+    home = _thread.home
+    fd = home.get(kind)
+    if fd is None:
+        fd = home[kind] = _sys.open_ns(os.path.join(_THREAD_NS_DIR, kind.for_children_name), kind)
+    return fd
+
+
+def _forget_thread_home() -> None:
+    """Close the calling thread's cached home fds (tests use this to leave
+    the main thread as they found it)."""
+    home, _thread.home = _thread.home, _HomeFds()
+    _close_fds(home.values())
+    home.clear()
 
 
 def enter(fds: Mapping[Kind, int], *, skip: Kind = NO_KINDS) -> None:
@@ -261,12 +344,18 @@ class NamespaceSet:
         is a reference to the pid-namespace init this set keeps alive.
         """
         self._fds: dict[Kind, int] = dict(fds)
-        self._kinds = Kind(sum(int(k) for k in self._fds))
+        self._bits = sum(int(k) for k in self._fds)
+        self._kinds = Kind(self._bits)
+        # Hot paths test these as plain ints: IntFlag arithmetic is slow.
+        self._inline_ok = not self._bits & ~int(INLINE_KINDS)
         self._init = init
         self._lock = threading.Lock()
         self._users = 0
         self._closed = False
         self._released = False
+        self._id_cache: dict[Kind, int] | None = None
+        #: (kind, fd) in the order a thread enters them.
+        self._order = tuple((k, self._fds[k]) for k in SETNS_ORDER if k in self._fds)
 
     # -- construction -------------------------------------------------------
 
@@ -515,17 +604,18 @@ class NamespaceSet:
         number once it is freed.
         """
         single = Kind.require(kind, what="id")
-        with self._borrow(single) as fds:
-            if single not in fds:
-                raise KindError(
-                    errno.EINVAL, syscall="id", kind=single, detail=f"the set holds {self._kinds}"
-                )
-            return os.fstat(fds[single]).st_ino
+        with self._borrow():
+            ids = self._ids_of_acquired()
+        if single not in ids:
+            raise KindError(
+                errno.EINVAL, syscall="id", kind=single, detail=f"the set holds {self._kinds}"
+            )
+        return ids[single]
 
     def ids(self) -> dict[Kind, int]:
         """:meth:`id` of every kind in the set."""
-        with self._borrow() as fds:
-            return {k: os.fstat(fd).st_ino for k, fd in fds.items()}
+        with self._borrow():
+            return dict(self._ids_of_acquired())
 
     def fds(self, kinds: KindsArg | None = None) -> dict[Kind, int]:
         """The set's own fds of ``kinds`` (default: all), valid until
@@ -547,6 +637,75 @@ class NamespaceSet:
                 raise from_errno(exc.errno or errno.EIO, syscall="dup") from exc
             init = self._init.acquire() if self._init and Kind.PID in copies else None
             return type(self)(copies, init=init)
+
+    def call_inline(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Call ``fn(*args, **kwargs)`` on the calling thread inside this set:
+        enter, call, and go back to where the thread was, with no thread hop.
+
+        For quick work such as making a socket in a netns. Only for sets whose
+        kinds are all in :data:`INLINE_KINDS` (net, uts, ipc, cgroup);
+        others raise :class:`UnsupportedKindError` before anything moves.
+
+        The way back is by fd, so it holds even if ``fn`` moved the thread
+        within these kinds; but unlike a worker thread, the calling thread is
+        not checked for other kinds ``fn`` may have changed: run untrusted
+        callables with ``run_sync``. Threads ``fn`` starts stay in the set's
+        namespaces. If going back fails (it should not: the kernel accepts a
+        namespace the thread was already in), :class:`NamespaceError` is raised
+        and the thread must not be trusted again.
+
+        The first call on a thread opens fds of that thread's own namespaces
+        and keeps them for the thread's life, so later calls cost two
+        ``setns`` per kind.
+        """
+        order = self._order
+        if not self._inline_ok:
+            outside = self._kinds & ~INLINE_KINDS
+            raise UnsupportedKindError(
+                errno.EINVAL,
+                syscall="call_inline",
+                kind=outside,
+                detail=f"only {INLINE_KINDS} can be entered and left on the calling "
+                "thread; use run_sync",
+            )
+        self._acquire()
+        try:
+            back = [(kind, _way_back(kind)) for kind, _ in order]
+            entered = 0
+            stack = _thread.stack
+            try:
+                for kind, fd in order:
+                    _sys.setns(fd, kind)
+                    entered += 1
+                stack.append(self)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    stack.pop()
+            finally:
+                for kind, fd in back[:entered]:
+                    _sys.setns(fd, kind)
+        finally:
+            self._leave()
+
+    def run_sync(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run ``fn(*args, **kwargs)`` on a worker thread inside this set, and
+        return its result; the same as
+        ``nspool.workers.default_workers().run_sync(self, fn, ...)``.
+
+        Blocks the calling thread. The worker enters the set, runs ``fn`` with
+        the caller's ``contextvars``, is checked and goes home, or is thrown
+        away if ``fn`` moved it; see :class:`nspool.Workers`. Pid and time
+        namespaces reach only processes ``fn`` starts.
+
+        Cancellation: interrupting the wait (``KeyboardInterrupt``) does not
+        stop ``fn``; it finishes on its thread and its result is dropped.
+        """
+        # The executor is the next layer down (it imports this module), so
+        # it is looked up at call time.
+        from .workers import default_workers
+
+        return default_workers().run_sync(self, fn, *args, **kwargs)
 
     # -- persistence -----------------------------------------------------------
 
@@ -647,10 +806,10 @@ class NamespaceSet:
 
     # -- lifetime -------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _borrow(self, kinds: Kind | None = None) -> Iterator[dict[Kind, int]]:
-        """Use the fds of ``kinds`` (default: all) without racing ``close()``:
-        they are not closed until every borrower is done."""
+    def _acquire(self) -> dict[Kind, int]:
+        """Start using the set's fds; they stay open until the matching
+        :meth:`_leave`, even if another thread closes the set meanwhile.
+        Raises :class:`SetClosedError` if the set is already closed."""
         with self._lock:
             if self._closed:
                 raise SetClosedError(
@@ -660,6 +819,21 @@ class NamespaceSet:
                     detail="the set is closed",
                 )
             self._users += 1
+        return self._fds
+
+    def _ids_of_acquired(self) -> dict[Kind, int]:
+        """The inode of each namespace, computed once (the fds never change).
+        Call only between :meth:`_acquire` and :meth:`_leave`."""
+        ids = self._id_cache
+        if ids is None:
+            ids = self._id_cache = {k: os.fstat(fd).st_ino for k, fd in self._fds.items()}
+        return ids
+
+    @contextlib.contextmanager
+    def _borrow(self, kinds: Kind | None = None) -> Iterator[dict[Kind, int]]:
+        """Use the fds of ``kinds`` (default: all) without racing ``close()``:
+        they are not closed until every borrower is done."""
+        self._acquire()
         try:
             if kinds is None:
                 yield self._fds
@@ -694,6 +868,7 @@ class NamespaceSet:
 
     def _release(self) -> None:
         fds, self._fds = self._fds, {}
+        self._order = ()
         _close_fds(fds.values())
         init, self._init = self._init, None
         if init is not None:

@@ -17,6 +17,10 @@ EXPECTED = {
     "ProcessNotFoundError",
     "SetClosedError",
     "UnsupportedKindError",
+    "Workers",
+    "WorkersStats",
+    "current",
+    "default_workers",
 }
 
 
@@ -32,5 +36,5 @@ def test_no_other_public_names() -> None:
     """Nothing public leaks into the package namespace besides __all__ and
     the submodules."""
     public = {n for n in vars(nspool) if not n.startswith("_")}
-    submodules = {"errors", "kinds", "nsset", "cli"}
+    submodules = {"errors", "kinds", "nsset", "workers", "cli"}
     assert public - submodules == EXPECTED

@@ -1,0 +1,729 @@
+"""The cost rows of DESIGN.md's kernel table, measured side by side in one run.
+
+    python bench/kernel_costs.py [--quick] [--out PATH]
+
+Each comparison measures a baseline and the alternative in the same run,
+interleaved in rounds so that drift (CPU frequency, the kernel's deferred
+netns cleanup, other load) falls on both alike:
+
+(a) creating + closing a fresh netns: raw ctypes ``unshare(CLONE_NEWNET)`` on
+    a throwaway thread vs ``NamespaceSet.unshare(Kind.NET)`` + ``close()``;
+    and the sustained raw create+destroy rate on 1 and 2 threads, over the
+    loop alone and until the kernel has freed every netns it dropped (seen
+    by a veth witness in one more netns, dropped last: ``ip`` is needed);
+(b) ``setns`` into a netns and back on one thread: raw ctypes vs
+    ``nspool._sys.setns`` with every backend this Python has;
+(c) joining net, uts and ipc of a child process and going back: one pidfd
+    ``setns`` each way vs one ``setns`` per kind each way (raw ctypes both);
+(d) a thread round trip of a no-op: a dedicated thread fed by
+    ``queue.SimpleQueue`` vs ``ThreadPoolExecutor.submit(...).result()``.
+
+Prints a table of medians and ratios and writes JSON to
+``bench/results/kernel_costs.json``. Needs root. Every namespace, thread and
+process it makes is gone when it returns; a netns is freed by the kernel
+asynchronously, so the run waits for the CPUs to go quiet between phases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import ctypes
+import ctypes.util
+import dataclasses
+import gc
+import json
+import os
+import platform
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.table import Table
+
+from nspool import Kind, NamespaceSet, _sys
+
+T = TypeVar("T")
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+
+RESULTS = Path(__file__).resolve().parent / "results" / "kernel_costs.json"
+
+#: The CPUs count as quiet (the kernel's deferred netns cleanup done) below
+#: this busy fraction, over windows of SETTLE_WINDOW seconds.
+SETTLE_BUSY = 0.15
+SETTLE_WINDOW = 0.1
+
+# The raw baseline: what a user writes by hand, with its own libc handle.
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+c_setns = _libc.setns
+c_setns.argtypes = (ctypes.c_int, ctypes.c_int)
+c_setns.restype = ctypes.c_int
+c_unshare = _libc.unshare
+c_unshare.argtypes = (ctypes.c_int,)
+c_unshare.restype = ctypes.c_int
+
+
+def check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much to measure; ``--quick`` and the default run differ only here."""
+
+    rounds: int  # interleaved rounds per comparison
+    create_ops: int  # per variant, for (a) per-op
+    rate_ops: int  # per thread, per round, for (a) sustained
+    rate_rounds: int
+    setns_ops: int  # per variant, for (b) and (c)
+    hop_ops: int  # per variant, for (d)
+    settle_max: float  # seconds to wait for the CPUs to go quiet
+
+
+QUICK = Sizes(
+    rounds=4,
+    create_ops=300,
+    rate_ops=800,
+    rate_rounds=1,
+    setns_ops=10000,
+    hop_ops=5000,
+    settle_max=1.5,
+)
+FULL = Sizes(
+    rounds=10,
+    create_ops=1500,
+    rate_ops=3000,
+    rate_rounds=3,
+    setns_ops=40000,
+    hop_ops=20000,
+    settle_max=4.0,
+)
+
+
+@dataclasses.dataclass
+class Row:
+    """One measured line of the table."""
+
+    group: str
+    name: str
+    unit: str  # "us" per op, or "ops/s"
+    samples: list[float]
+    baseline: str | None = None  # name of the row it is compared with
+    design: str = ""  # what DESIGN.md says
+    ratio: float | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "name": self.name,
+            "unit": self.unit,
+            "n": len(self.samples),
+            "median": self.median,
+            "p10": self.quantile(0.10),
+            "p90": self.quantile(0.90),
+            "mean": statistics.fmean(self.samples),
+            "baseline": self.baseline,
+            "ratio": self.ratio,
+            "design": self.design,
+            **self.extra,
+        }
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def on_thread(fn: Callable[[], T], name: str = "bench") -> T:
+    """Run ``fn`` on a fresh thread that exits afterwards (whatever
+    namespaces it entered die with it); return its result or raise."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    result: T = box["result"]
+    return result
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already in user
+    return total - idle, total
+
+
+def settle(max_wait: float) -> float:
+    """Wait until the CPUs are quiet (the kernel has finished freeing the
+    netns we dropped), at most ``max_wait`` seconds; return the time waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < max_wait:
+        busy0, total0 = _cpu_times()
+        time.sleep(SETTLE_WINDOW)
+        busy1, total1 = _cpu_times()
+        if total1 > total0 and (busy1 - busy0) / (total1 - total0) < SETTLE_BUSY:
+            break
+    return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def interleave(
+    variants: Mapping[str, Callable[[int], list[float]]], total: int, rounds: int
+) -> dict[str, list[float]]:
+    """Run each variant ``total`` times in all, in ``rounds`` alternating
+    chunks (A B A B ...); each call returns per-op times in µs."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    chunk = max(1, total // rounds)
+    for _ in range(rounds):
+        for name, run in variants.items():
+            samples[name].extend(run(chunk))
+    return samples
+
+
+# -- (a) creating a netns ------------------------------------------------------
+
+
+def raw_create_close(n: int) -> list[float]:
+    """Per op: a throwaway thread unshares a netns and opens it; the caller
+    joins the thread and closes the fd (the netns is then freed, later)."""
+    out: list[float] = []
+    for _ in range(n):
+        box: list[int] = []
+
+        def run(box: list[int] = box) -> None:
+            if c_unshare(CLONE_NEWNET) == 0:
+                box.append(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+
+        t0 = time.perf_counter_ns()
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        if not box:
+            raise OSError("raw unshare(CLONE_NEWNET) failed on the throwaway thread")
+        os.close(box[0])
+        out.append((time.perf_counter_ns() - t0) / 1e3)
+    return out
+
+
+def nspool_create_close(n: int) -> list[float]:
+    out: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        NamespaceSet.unshare(Kind.NET).close()
+        out.append((time.perf_counter_ns() - t0) / 1e3)
+    return out
+
+
+def create_rate(threads: int, per_thread: int, home_fd: int) -> dict[str, float]:
+    """``threads`` threads each create+destroy ``per_thread`` netns: unshare,
+    open the new one, setns back home, close it. Returns the loop's wall time
+    from the common start to the last thread's end, and that end."""
+    barrier = threading.Barrier(threads + 1)
+    ends: list[float] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            for _ in range(per_thread):
+                check(c_unshare(CLONE_NEWNET), "unshare")
+                fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    check(c_setns(home_fd, CLONE_NEWNET), "setns home")
+                finally:
+                    os.close(fd)
+        except BaseException as exc:
+            errors.append(exc)
+        ends.append(time.perf_counter())
+
+    workers = [threading.Thread(target=run, name=f"bench-rate-{i}") for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+    return {"wall": max(ends) - start, "end": max(ends)}
+
+
+def all_freed(timeout: float) -> float | None:
+    """Drop one more netns, holding one end of a veth pair, after all those
+    dropped so far, and wait until the kernel deletes the pair's outside end.
+    The kernel frees dropped netns in order (its cleanup work takes the whole
+    queue at once), so by then every earlier one is gone. Returns the
+    ``perf_counter`` time it saw that, or ``None`` without ``ip`` or on
+    timeout (the pair is then deleted by hand)."""
+    if shutil.which("ip") is None:
+        return None
+    outside, inside = f"nspbo{os.getpid() % 100000}", f"nspbi{os.getpid() % 100000}"
+
+    def make() -> int:
+        check(c_unshare(CLONE_NEWNET), "unshare")
+        return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+    fd = on_thread(make, name="bench-witness")
+    try:
+        netns = f"/proc/{os.getpid()}/fd/{fd}"
+        cmd = ["ip", "link", "add", outside, "type", "veth", "peer", "name", inside]
+        subprocess.run([*cmd, "netns", netns], check=True, capture_output=True)
+    finally:
+        os.close(fd)
+    deadline = time.perf_counter() + timeout
+    while os.path.exists(f"/sys/class/net/{outside}"):
+        if time.perf_counter() > deadline:
+            subprocess.run(["ip", "link", "del", outside], check=False, capture_output=True)
+            return None
+        time.sleep(0.001)
+    return time.perf_counter()
+
+
+def bench_create(sizes: Sizes, console: Console) -> list[Row]:
+    console.print("(a) creating a netns ...")
+    samples = interleave(
+        {"raw": raw_create_close, "nspool": nspool_create_close},
+        sizes.create_ops,
+        sizes.rounds,
+    )
+    raw = Row(
+        "a",
+        "create+close netns: raw ctypes, throwaway thread",
+        "us",
+        samples["raw"],
+        design="~0.5 ms kernel CPU",
+    )
+    ns = Row(
+        "a",
+        "create+close netns: NamespaceSet.unshare + close",
+        "us",
+        samples["nspool"],
+        baseline=raw.name,
+    )
+    settle(sizes.settle_max)
+
+    loop: dict[int, list[float]] = {1: [], 2: []}
+    freed: dict[int, list[float]] = {1: [], 2: []}
+    drains: dict[int, list[float]] = {1: [], 2: []}
+    home_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for _ in range(sizes.rate_rounds):
+            for threads in (1, 2):
+                ops = threads * sizes.rate_ops
+                result = create_rate(threads, sizes.rate_ops, home_fd)
+                loop[threads].append(ops / result["wall"])
+                gone = all_freed(timeout=30.0)
+                if gone is not None:
+                    drains[threads].append(gone - result["end"])
+                    freed[threads].append(ops / (gone - result["end"] + result["wall"]))
+                settle(sizes.settle_max)
+    finally:
+        os.close(home_fd)
+    rows = [raw, ns]
+    for what, rates, design in (
+        ("loop", loop, ""),
+        ("until freed", freed, "~1.4-1.6k/s on 2 cores"),
+    ):
+        if not rates[1]:
+            continue
+        one = Row(
+            "a",
+            f"raw create+destroy rate, 1 thread ({what})",
+            "ops/s",
+            rates[1],
+            extra={"per_thread": sizes.rate_ops, "drain_s": drains[1]},
+        )
+        two = Row(
+            "a",
+            f"raw create+destroy rate, 2 threads ({what})",
+            "ops/s",
+            rates[2],
+            baseline=one.name,
+            design=design,
+            extra={"per_thread": sizes.rate_ops, "drain_s": drains[2]},
+        )
+        rows += [one, two]
+    return rows
+
+
+# -- (b) setns into a netns and back ---------------------------------------------
+
+
+def bench_setns(sizes: Sizes, console: Console) -> list[Row]:
+    console.print("(b) setns into a netns and back ...")
+    target = NamespaceSet.unshare(Kind.NET)
+    home_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = target.fds(Kind.NET)[Kind.NET]
+
+        def raw(n: int) -> list[float]:
+            out: list[float] = []
+            clock = time.perf_counter_ns
+            for _ in range(n):
+                t0 = clock()
+                r1 = c_setns(fd, CLONE_NEWNET)
+                r2 = c_setns(home_fd, CLONE_NEWNET)
+                t1 = clock()
+                if r1 or r2:
+                    check(-1, "setns")
+                out.append((t1 - t0) / 1e3)
+            return out
+
+        def via_nspool(backend: str) -> Callable[[int], list[float]]:
+            def run(n: int) -> list[float]:
+                old = _sys.use_backend(backend)
+                try:
+                    out: list[float] = []
+                    clock, setns = time.perf_counter_ns, _sys.setns
+                    for _ in range(n):
+                        t0 = clock()
+                        setns(fd, Kind.NET)
+                        setns(home_fd, Kind.NET)
+                        out.append((clock() - t0) / 1e3)
+                    return out
+                finally:
+                    _sys.use_backend(old)
+
+            return run
+
+        variants: dict[str, Callable[[int], list[float]]] = {"raw": raw}
+        for backend in _sys.available_backends():
+            variants[backend] = via_nspool(backend)
+
+        def measure() -> dict[str, list[float]]:
+            with no_gc():
+                interleave(variants, sizes.setns_ops // 10, sizes.rounds)  # warm-up
+                return interleave(variants, sizes.setns_ops, sizes.rounds)
+
+        samples = on_thread(measure, name="bench-setns")
+    finally:
+        os.close(home_fd)
+        target.close()
+    base = Row(
+        "b",
+        "setns net + back: raw ctypes",
+        "us",
+        samples["raw"],
+        design="~4.4 µs (C), 5-7 µs (Python)",
+    )
+    rows = [base]
+    for backend in _sys.available_backends():
+        rows.append(
+            Row(
+                "b",
+                f"setns net + back: nspool._sys.setns ({backend})",
+                "us",
+                samples[backend],
+                baseline=base.name,
+            )
+        )
+    return rows
+
+
+# -- (c) pidfd setns of three kinds ------------------------------------------------
+
+
+@contextlib.contextmanager
+def child_with_namespaces(timeout: float = 5.0) -> Iterator[int]:
+    """A ``unshare --net --uts --ipc sleep 60`` child, once it is in its new
+    namespaces; killed and reaped on exit. Yields its pid."""
+    child = subprocess.Popen(["unshare", "--net", "--uts", "--ipc", "sleep", "60"])
+    try:
+        mine = {k: os.readlink(f"/proc/self/ns/{k}") for k in ("net", "uts", "ipc")}
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                theirs = {k: os.readlink(f"/proc/{child.pid}/ns/{k}") for k in mine}
+            except OSError:
+                theirs = mine
+            if all(theirs[k] != mine[k] for k in mine):
+                break
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the unshare child did not start")
+            time.sleep(0.002)
+        yield child.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        child.wait()
+
+
+def bench_pidfd(sizes: Sizes, console: Console) -> list[Row]:
+    console.print("(c) pidfd setns of net+uts+ipc ...")
+    kinds = (("net", CLONE_NEWNET), ("uts", CLONE_NEWUTS), ("ipc", CLONE_NEWIPC))
+    flags = CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC
+    fds: list[int] = []
+    try:
+        with child_with_namespaces() as pid:
+            their_pidfd = os.pidfd_open(pid)
+            fds.append(their_pidfd)
+            own_pidfd = os.pidfd_open(os.getpid())  # the main thread: home
+            fds.append(own_pidfd)
+            theirs: list[tuple[int, int]] = []
+            home: list[tuple[int, int]] = []
+            for name, flag in kinds:
+                fd = os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                fds.append(fd)
+                theirs.append((fd, flag))
+                fd = os.open(f"/proc/self/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                fds.append(fd)
+                home.append((fd, flag))
+
+            def pidfd(n: int) -> list[float]:
+                out: list[float] = []
+                clock = time.perf_counter_ns
+                for _ in range(n):
+                    t0 = clock()
+                    r1 = c_setns(their_pidfd, flags)
+                    r2 = c_setns(own_pidfd, flags)
+                    t1 = clock()
+                    if r1 or r2:
+                        check(-1, "setns(pidfd)")
+                    out.append((t1 - t0) / 1e3)
+                return out
+
+            def single(n: int) -> list[float]:
+                out: list[float] = []
+                clock = time.perf_counter_ns
+                (a, fa), (b, fb), (c, fc) = theirs
+                (x, fx), (y, fy), (z, fz) = home
+                for _ in range(n):
+                    t0 = clock()
+                    r = c_setns(a, fa) | c_setns(b, fb) | c_setns(c, fc)
+                    r |= c_setns(x, fx) | c_setns(y, fy) | c_setns(z, fz)
+                    t1 = clock()
+                    if r:
+                        check(-1, "setns")
+                    out.append((t1 - t0) / 1e3)
+                return out
+
+            def measure() -> dict[str, list[float]]:
+                variants = {"single": single, "pidfd": pidfd}
+                with no_gc():
+                    interleave(variants, sizes.setns_ops // 10, sizes.rounds)
+                    return interleave(variants, sizes.setns_ops, sizes.rounds)
+
+            samples = on_thread(measure, name="bench-pidfd")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    base = Row(
+        "c",
+        "net+uts+ipc + back: 3 setns each way",
+        "us",
+        samples["single"],
+    )
+    one = Row(
+        "c",
+        "net+uts+ipc + back: 1 pidfd setns each way",
+        "us",
+        samples["pidfd"],
+        baseline=base.name,
+        design="~2x cheaper for 3+ kinds",
+    )
+    return [base, one]
+
+
+# -- (d) thread round trip ----------------------------------------------------------
+
+
+def noop() -> None:
+    return None
+
+
+def bench_hop(sizes: Sizes, console: Console) -> list[Row]:
+    console.print("(d) thread round trip ...")
+    inbox: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+    outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+    def worker() -> None:
+        while (job := inbox.get()) is not None:
+            outbox.put(job())
+
+    dedicated = threading.Thread(target=worker, name="bench-dedicated")
+    dedicated.start()
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+
+        def via_queue(n: int) -> list[float]:
+            out: list[float] = []
+            clock, put, get = time.perf_counter_ns, inbox.put, outbox.get
+            for _ in range(n):
+                t0 = clock()
+                put(noop)
+                get()
+                out.append((clock() - t0) / 1e3)
+            return out
+
+        def via_executor(n: int) -> list[float]:
+            out: list[float] = []
+            clock, submit = time.perf_counter_ns, executor.submit
+            for _ in range(n):
+                t0 = clock()
+                submit(noop).result()
+                out.append((clock() - t0) / 1e3)
+            return out
+
+        variants = {"executor": via_executor, "queue": via_queue}
+        with no_gc():
+            interleave(variants, sizes.hop_ops // 10, sizes.rounds)
+            samples = interleave(variants, sizes.hop_ops, sizes.rounds)
+    finally:
+        inbox.put(None)
+        dedicated.join()
+        executor.shutdown(wait=True)
+    base = Row(
+        "d",
+        "no-op round trip: ThreadPoolExecutor",
+        "us",
+        samples["executor"],
+        design="200-230 µs (run_in_executor)",
+    )
+    fast = Row(
+        "d",
+        "no-op round trip: thread + SimpleQueue",
+        "us",
+        samples["queue"],
+        baseline=base.name,
+        design="185 µs (from an event loop)",
+    )
+    return [base, fast]
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def fill_ratios(rows: Sequence[Row]) -> None:
+    """Each row's median over its baseline's, measured in the same run."""
+    by_name = {row.name: row for row in rows}
+    for row in rows:
+        if row.baseline is not None:
+            row.ratio = row.median / by_name[row.baseline].median
+
+
+def show(value: float, unit: str) -> str:
+    if unit == "ops/s":
+        return f"{value:,.0f}/s"
+    return f"{value:,.1f} µs" if value < 1000 else f"{value / 1000:,.2f} ms"
+
+
+def render(rows: Sequence[Row], meta: dict[str, Any], console: Console) -> None:
+    console.print(
+        f"kernel {meta['kernel']}  ·  Python {meta['python']}  ·  {meta['cpus']} CPUs  ·  "
+        f"nspool backends: {', '.join(meta['backends'])}  ·  "
+        f"{'quick' if meta['quick'] else 'full'} run, {meta['seconds']:.1f} s",
+        markup=False,
+        highlight=False,
+    )
+    table = Table(title="kernel costs (ratio = median / baseline's median, same run)")
+    table.add_column("", justify="right")
+    table.add_column("measurement")
+    table.add_column("median", justify="right")
+    table.add_column("p90", justify="right")
+    table.add_column("n", justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_column("DESIGN.md says")
+    previous = ""
+    for row in rows:
+        group, previous = ("" if row.group == previous else row.group), row.group
+        ratio = "baseline" if row.ratio is None else f"{row.ratio:.2f}x"
+        # A rate is one sample per round, not per op: its p90 means little.
+        p90 = "-" if row.unit == "ops/s" else show(row.quantile(0.9), row.unit)
+        table.add_row(
+            group,
+            row.name,
+            show(row.median, row.unit),
+            p90,
+            str(len(row.samples)),
+            ratio,
+            row.design,
+            end_section=row is not rows[-1] and rows[rows.index(row) + 1].group != row.group,
+        )
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a short run (under ~10 s)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON output ({RESULTS})")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("kernel_costs needs root (it creates network namespaces)", file=sys.stderr)
+        return 1
+    sizes = QUICK if args.quick else FULL
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=140)
+    started = time.time()
+    start = time.perf_counter()
+    rows: list[Row] = []
+    rows += bench_create(sizes, console)
+    settle(sizes.settle_max)
+    rows += bench_setns(sizes, console)
+    rows += bench_pidfd(sizes, console)
+    rows += bench_hop(sizes, console)
+    fill_ratios(rows)
+    meta: dict[str, Any] = {
+        "kernel": os.uname().release,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "backends": list(_sys.available_backends()),
+        "default_backend": _sys.backend(),
+        "quick": args.quick,
+        "sizes": dataclasses.asdict(sizes),
+        "started": started,
+        "seconds": time.perf_counter() - start,
+    }
+    render(rows, meta, console)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"meta": meta, "results": [row.as_json() for row in rows]}, indent=2) + "\n"
+    )
+    console.print(f"JSON: {args.out}", markup=False, highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""The ``nspool`` command line: ``python -m nspool SUBCOMMAND``.
+
+``doctor`` checks, kind by kind, what this kernel and these privileges let
+nspool do: create a namespace (``NamespaceSet.unshare``), join one from a
+throwaway thread (``nsset.enter``), and persist one with a bind mount
+(``NamespaceSet.mount_ns``). Everything it makes is closed, unmounted or
+removed before it returns; the only threads it starts are joined.
+
+More subcommands (``demo``, ``bench``, ``exec``) will join ``doctor`` here:
+each is a function taking the parsed arguments and a console, returning the
+exit code, registered in :func:`build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import errno
+import os
+import platform
+import tempfile
+import threading
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import _sys
+from .errors import UnsupportedKindError
+from .kinds import SETNS_ORDER, Kind
+from .nsset import NamespaceSet, enter
+
+__all__ = ["DoctorReport", "KindReport", "build_parser", "doctor", "main", "probe", "render"]
+
+#: A cell for something that works.
+YES = "yes"
+#: The create cell of the user kind: the kernel may allow it, nspool does not yet.
+NOT_YET = "not yet (library)"
+#: Output width when stdout is not a terminal (and ``COLUMNS`` is unset), so
+#: that piped output keeps each row on one line.
+PIPE_WIDTH = 120
+
+#: Short reasons for the refusals doctor expects, by (step, kind, errno); a
+#: ``None`` kind matches any kind. Anything else is shown with ``strerror``.
+_REASONS: dict[tuple[str, Kind | None, int], str] = {
+    ("join", Kind.TIME, errno.EUSERS): "process is multi-threaded",
+    ("join", Kind.USER, errno.EINVAL): "process is multi-threaded",
+    ("persist", Kind.MNT, errno.EINVAL): "cannot bind a mount ns into itself or older",
+    ("create", None, errno.EINVAL): "not supported by this kernel",
+    ("create", None, errno.ENOSPC): "namespace limit reached (/proc/sys/user)",
+    ("create", None, errno.EPERM): "needs CAP_SYS_ADMIN",
+    ("join", None, errno.EPERM): "needs CAP_SYS_ADMIN",
+    ("persist", None, errno.EPERM): "needs CAP_SYS_ADMIN",
+}
+
+
+def _refusal(step: str, kind: Kind, exc: OSError) -> str:
+    """The ``no: ERRNO reason`` cell for ``exc`` raised by ``step`` on ``kind``."""
+    err = exc.errno or errno.EIO
+    name = errno.errorcode.get(err, f"errno {err}")
+    reason = _REASONS.get((step, kind, err)) or _REASONS.get((step, None, err))
+    return f"no: {name} {reason or os.strerror(err)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class KindReport:
+    """What doctor found for one kind: each cell is ``"yes"``,
+    ``"no: ERRNO reason"`` or (user creation) ``"not yet (library)"``."""
+
+    kind: Kind
+    create: str
+    join: str
+    persist: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DoctorReport:
+    """Everything ``nspool doctor`` prints."""
+
+    kernel: str
+    python: str
+    backend: str
+    root: bool
+    pidfd_open: str
+    kinds: tuple[KindReport, ...]
+
+    def row(self, kind: Kind) -> KindReport:
+        """The report of single kind ``kind``."""
+        for report in self.kinds:
+            if report.kind is kind:
+                return report
+        raise KeyError(kind)
+
+    @property
+    def ok(self) -> bool:
+        """Whether nspool can do its main job here: create and join a netns."""
+        net = self.row(Kind.NET)
+        return net.create == YES and net.join == YES
+
+
+def probe() -> DoctorReport:
+    """Try everything doctor reports, on this process, and return the result.
+
+    Blocks the calling thread while it works (tens of milliseconds; creating
+    a pid namespace starts and ends an init process). The calling thread's
+    namespaces are untouched: creating happens on nspool's helper thread,
+    joining on a throwaway thread that is joined before this returns.
+    """
+    return DoctorReport(
+        kernel=os.uname().release,
+        python=platform.python_version(),
+        backend=_sys.backend(),
+        root=os.geteuid() == 0,
+        pidfd_open=_check_pidfd_open(),
+        kinds=tuple(_probe_kind(kind) for kind in SETNS_ORDER),
+    )
+
+
+def _check_pidfd_open() -> str:
+    try:
+        pidfd = _sys.pidfd_open(os.getpid())
+    except OSError as exc:
+        err = exc.errno or errno.EIO
+        return f"no: {errno.errorcode.get(err, f'errno {err}')} {os.strerror(err)}"
+    os.close(pidfd)
+    return YES
+
+
+def _probe_kind(kind: Kind) -> KindReport:
+    """Create, join and persist one kind. Join and persist use the created
+    set when creation worked (a mount namespace can only be bound into an
+    older one, so the caller's own would fail), else the caller's own."""
+    made: NamespaceSet | None = None
+    try:
+        made = NamespaceSet.unshare(kind)
+        create = YES
+    except UnsupportedKindError as exc:
+        create = NOT_YET if kind is Kind.USER else _refusal("create", kind, exc)
+    except OSError as exc:
+        create = _refusal("create", kind, exc)
+    try:
+        target = made if made is not None else NamespaceSet.current(kind)
+    except OSError as exc:
+        cell = _refusal("join", kind, exc)
+        return KindReport(kind, create, cell, cell)
+    with target:
+        join = _check_join(kind, target)
+        persist = _check_persist(kind, target)
+    return KindReport(kind, create, join, persist)
+
+
+def _check_join(kind: Kind, target: NamespaceSet) -> str:
+    """Enter ``target`` on a plain thread that exits afterwards, and check
+    that the thread is then in ``target``'s namespace."""
+    fds = target.fds(kind)
+    wanted = target.id(kind)
+    outcome: list[str] = []
+
+    def run() -> None:
+        try:
+            enter(fds)
+            now = os.stat(f"/proc/thread-self/ns/{kind.for_children_name}").st_ino
+        except OSError as exc:
+            outcome.append(_refusal("join", kind, exc))
+            return
+        outcome.append(YES if now == wanted else f"no: thread in [{now}], not [{wanted}]")
+
+    thread = threading.Thread(target=run, name=f"nspool-doctor-join-{kind.proc_name}")
+    thread.start()
+    thread.join()
+    return outcome[0] if outcome else "no: the join thread died"
+
+
+def _check_persist(kind: Kind, target: NamespaceSet) -> str:
+    """Bind-mount ``target``'s namespace in a fresh temporary directory,
+    unmount it, and remove the directory."""
+    directory = tempfile.mkdtemp(prefix="nspool-doctor-")
+    path = os.path.join(directory, kind.proc_name)
+    try:
+        target.mount_ns(kind, path)
+        NamespaceSet.unmount(path)
+        return YES
+    except OSError as exc:
+        return _refusal("persist", kind, exc)
+    finally:
+        if os.path.lexists(path):  # only if unmount failed half-way
+            with contextlib.suppress(OSError):
+                NamespaceSet.unmount(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+
+
+def _cell(value: str) -> Text:
+    style = "green" if value == YES else "yellow" if value == NOT_YET else "red"
+    return Text(value, style=style)
+
+
+def render(report: DoctorReport, console: Console) -> None:
+    """Print ``report``: a summary line, then a table of kinds."""
+    console.print(
+        f"kernel {report.kernel}  ·  Python {report.python}  ·  syscalls: {report.backend}"
+        f"  ·  root: {'yes' if report.root else 'no'}  ·  pidfd_open: {report.pidfd_open}",
+        markup=False,
+        highlight=False,
+    )
+    table = Table(title="what this kernel and these privileges allow", title_justify="left")
+    table.add_column("kind", style="bold")
+    for name in ("create", "join", "persist"):
+        table.add_column(name)
+    for row in report.kinds:
+        table.add_row(row.kind.proc_name, _cell(row.create), _cell(row.join), _cell(row.persist))
+    console.print(table)
+    verdict = (
+        "net namespaces can be created and joined: nspool can work here"
+        if report.ok
+        else "net namespaces cannot be created and joined: nspool cannot work here"
+    )
+    console.print(verdict, markup=False, highlight=False)
+
+
+def doctor(args: argparse.Namespace, console: Console) -> int:
+    """``nspool doctor``: 0 if a netns can be created and joined, else 1."""
+    report = probe()
+    render(report, console)
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: one subparser per subcommand, each with its
+    handler as the ``handler`` default."""
+    parser = argparse.ArgumentParser(
+        prog="nspool", description="Run Python callables inside Linux namespaces."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    doctor_parser = commands.add_parser(
+        "doctor",
+        help="show what this kernel and these privileges allow",
+        description="Try to create, join and persist each namespace kind, and print a table.",
+    )
+    doctor_parser.set_defaults(handler=doctor)
+    return parser
+
+
+def _console() -> Console:
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=PIPE_WIDTH)
+    return console
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return
+    the exit code. Usage errors give argparse's code (2), not an exception."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return _exit_code(exc.code)
+    handler: Callable[[argparse.Namespace, Console], int] = args.handler
+    return handler(args, _console())
+
+
+def _exit_code(code: str | int | None) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    return 1

@@ -1,0 +1,788 @@
+"""Thread-pinned workers: run callables inside a ``NamespaceSet``.
+
+``Workers`` is a :class:`concurrent.futures.Executor` of dedicated OS
+threads. A call goes to one worker thread, which
+
+1. enters the set's namespaces in :data:`~nspool.kinds.SETNS_ORDER`,
+   skipping kinds it is already in;
+2. runs the callable in a copy of the submitter's ``contextvars``;
+3. checks that it is in exactly the namespaces it entered, for every kind
+   (``pid_for_children`` and ``time_for_children`` included), so a callable
+   that called ``unshare`` or ``setns`` itself is caught;
+4. goes home (and after a mount namespace, back to its cwd and root), and
+   checks again.
+
+A thread that fails a check, or cannot go home, is *discarded*: it exits and
+never takes another call, the event is logged and counted, and a new thread
+takes its place when there is work. The caller gets the callable's result or
+exception either way. No thread ever runs a call in namespaces it was not
+asked for.
+
+Guarantees and the reasons for them, in the manner of Trio's thread cache:
+
+* Hand-over without a queue: an idle worker waits on its own lock; a
+  submitter takes the most recently idle worker (LIFO: its caches are warm)
+  and releases that lock. One lock release wakes exactly one thread.
+* A worker marks itself idle *before* it delivers a result, so a caller that
+  submits again as soon as it is woken finds that same thread free.
+* Pool state (idle list, queue, counts) changes under one lock; syscalls and
+  closes happen outside it.
+* A worker holds only a weak reference to its ``Workers`` while idle, so an
+  unreferenced executor can be collected; its threads then exit.
+* Every worker thread starts by moving itself to the executor's home
+  namespaces (those of the thread that made the ``Workers``): a new thread
+  inherits its creator's namespaces, and the creator may be a thread inside
+  a set (a callable that submits more work).
+
+Kernel limits a worker cannot lift: a multi-threaded process cannot join a
+user namespace (``EINVAL``) or a time namespace (``EUSERS``), so a set whose
+user or time namespace differs from home is refused with
+:class:`UnsupportedKindError`. Pid and time namespaces apply only to
+processes the callable starts; a set with a pid namespace keeps an init in it
+(see ``NamespaceSet``), so those processes are its PIDs 2, 3, ...
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+import errno
+import itertools
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from concurrent.futures import CancelledError, Executor, Future
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from . import _sys
+from .errors import NamespaceError, UnsupportedKindError
+from .kinds import SETNS_ORDER, Kind
+from .nsset import _THREAD_NS_DIR, NamespaceSet, _close_fds, _thread
+
+__all__ = ["IDLE_TIMEOUT", "MAX_WORKERS", "Workers", "WorkersStats", "default_workers"]
+
+logger = logging.getLogger("nspool")
+
+#: Seconds an idle worker waits for a call before its thread exits.
+IDLE_TIMEOUT = 10.0
+#: Default maximum number of worker threads of a ``Workers``.
+MAX_WORKERS = 64
+
+#: Read every namespace link after each call instead of only those that the
+#: return home cannot force (slower; catches callables that touched kinds
+#: outside their set, which the forced return would otherwise just undo).
+CHECK_EVERY_KIND = False
+#: Go home through a pidfd of an anchor thread (one ``setns`` for all kinds)
+#: where the kernel supports it; tests turn it off to run the per-kind path.
+USE_HOME_ANCHOR = True
+
+#: Kinds whose link a worker reads after each call. Not user: a thread of a
+#: multi-threaded process can neither unshare nor join one, so it cannot move.
+_CHECKED = tuple(k for k in SETNS_ORDER if k is not Kind.USER)
+#: Kinds a thread cannot join in a threaded process: a set may hold them
+#: only if they are the ones the worker is already in.
+_UNJOINABLE = frozenset((Kind.USER, Kind.TIME))
+#: Kinds a worker forces home in one ``setns`` on the anchor's pidfd (and
+#: mnt, once the thread has its own cwd and root).
+_FORCED = (Kind.NET, Kind.UTS, Kind.IPC, Kind.CGROUP, Kind.PID)
+_FORCED_BITS = sum(int(k) for k in _FORCED)
+_FORCED_WITH_MNT = (*_FORCED, Kind.MNT)
+_FORCED_WITH_MNT_BITS = _FORCED_BITS | int(Kind.MNT)
+#: Kinds read after every call because the forced return does not cover them.
+_NOT_FORCED_BITS = int(Kind.TIME) | int(Kind.MNT)
+_MNT_BITS = int(Kind.MNT)
+# The hot path works on plain ints: IntFlag arithmetic costs about a
+# microsecond an operation.
+_checked_for: dict[int, tuple[Kind, ...]] = {}
+
+
+def _checked_after(kind_bits: int) -> tuple[Kind, ...]:
+    """The kinds read after a call in a set of ``kind_bits`` (memoised)."""
+    checked = _checked_for.get(kind_bits)
+    if checked is None:
+        mask = kind_bits | _NOT_FORCED_BITS
+        checked = _checked_for[kind_bits] = tuple(k for k in _CHECKED if int(k) & mask)
+    return checked
+
+
+#: Order for going home: mnt first, so that the worker is back in its own
+#: filesystem view before anything else.
+_HOME_ORDER = tuple(reversed(SETNS_ORDER))
+_HOME_CHECKED = tuple(k for k in _HOME_ORDER if k in _CHECKED)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+_worker_numbers = itertools.count(1)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result | None) -> bool:
+    return b is not None and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+@dataclass(frozen=True)
+class WorkersStats:
+    """A snapshot of a ``Workers``: thread counts and what happened so far."""
+
+    threads: int
+    idle: int
+    queued: int
+    calls: int
+    discarded: int
+
+
+class _Discard(Exception):
+    """Raised inside a worker when its thread must not be reused."""
+
+
+class _Call:
+    """One submitted call and where its outcome goes.
+
+    ``deliver`` runs on the worker thread after the worker is home (or
+    discarded). The waiter is either a ``Future`` (``submit_in``) or a bare
+    lock that the blocked caller waits on (``run_sync``): a lock is the
+    cheapest wake-up CPython has.
+    """
+
+    __slots__ = (
+        "args",
+        "context",
+        "error",
+        "fn",
+        "future",
+        "kwargs",
+        "nsset",
+        "ran",
+        "result",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        nsset: NamespaceSet | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        future: Future[Any] | None,
+    ) -> None:
+        self.nsset = nsset
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.context = contextvars.copy_context()
+        self.future = future
+        self.waiter: threading.Lock | None = None
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.ran = False
+
+    def start(self) -> bool:
+        """Whether the call should run (a cancelled future's does not)."""
+        return self.future is None or self.future.set_running_or_notify_cancel()
+
+    def deliver(self) -> None:
+        future, error = self.future, self.error
+        if future is not None:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(self.result)
+            # Drop references so the call's objects do not live on with us.
+            self.result = self.error = None
+        elif self.waiter is not None:
+            self.waiter.release()
+        self.fn = self.args = self.kwargs = None  # type: ignore[assignment]
+        self.context = None  # type: ignore[assignment]
+
+
+class _Home:
+    """The namespaces a ``Workers``'s threads live in between calls: an fd
+    and inode number per kind, the root directory, and the *anchor*.
+
+    The anchor is an idle thread that never leaves home. A pidfd for that one
+    thread (``PIDFD_THREAD``, Linux 6.9+) lets a worker go home in a single
+    ``setns`` for every restorable kind at once, all or nothing, whatever the
+    callable did to them; on older kernels workers go home kind by kind.
+    Owned by the ``Workers`` and closed when its last thread is gone.
+    """
+
+    def __init__(self, use_anchor: bool) -> None:
+        self._users = 1
+        self._users_lock = threading.Lock()
+        self.fds: dict[Kind, int] = {}
+        self.root = -1
+        self.anchor_fd = -1
+        self._anchor: threading.Thread | None = None
+        self._anchor_stop = threading.Lock()
+        try:
+            for kind in _CHECKED:
+                path = os.path.join(_THREAD_NS_DIR, kind.for_children_name)
+                self.fds[kind] = _sys.open_ns(path, kind)
+            self.root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if use_anchor:
+                self._start_anchor()
+        except BaseException:
+            self.close()
+            raise
+        self.ids = {k: os.fstat(fd).st_ino for k, fd in self.fds.items()}
+        # The user namespace is known but never checked: a thread of a
+        # threaded process cannot leave it.
+        self.ids[Kind.USER] = os.stat(os.path.join(_THREAD_NS_DIR, "user")).st_ino
+
+    def _start_anchor(self) -> None:
+        self._anchor_stop.acquire()
+        started = threading.Event()
+        tid: list[int] = []
+
+        def stay_home() -> None:
+            tid.append(threading.get_native_id())
+            started.set()
+            self._anchor_stop.acquire()
+
+        self._anchor = threading.Thread(target=stay_home, name="nspool-home", daemon=True)
+        self._anchor.start()
+        started.wait()
+        try:
+            self.anchor_fd = _sys.pidfd_open(tid[0], _sys.PIDFD_THREAD)
+        except NamespaceError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: no PIDFD_THREAD before 6.9
+                raise
+            self._stop_anchor()
+
+    def _stop_anchor(self) -> None:
+        anchor, self._anchor = self._anchor, None
+        if anchor is not None:
+            self._anchor_stop.release()
+            if anchor is not threading.current_thread():
+                anchor.join()
+
+    def acquire(self) -> _Home:
+        """One more user (a worker thread); each calls :meth:`release`."""
+        with self._users_lock:
+            self._users += 1
+        return self
+
+    def release(self) -> None:
+        """Drop one user; the last closes the fds and stops the anchor."""
+        with self._users_lock:
+            self._users -= 1
+            last = self._users == 0
+        if last:
+            self.close()
+
+    def close(self) -> None:
+        self._stop_anchor()
+        fds = [*self.fds.values(), self.root, self.anchor_fd]
+        self.fds, self.root, self.anchor_fd = {}, -1, -1
+        _close_fds(fd for fd in fds if fd >= 0)
+
+
+class _Worker:
+    """One dedicated thread. Idle, it waits on ``wake``; a submitter puts a
+    call in ``call`` and releases ``wake``. ``call`` set to ``None`` with
+    ``wake`` released means: exit."""
+
+    def __init__(self, workers: Workers, first: _Call | None) -> None:
+        self.workers_ref = weakref.ref(workers)
+        self.home = workers._home.acquire()
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.call: _Call | None = first
+        self.thread = threading.Thread(
+            target=self._main, name=f"nspool-worker-{next(_worker_numbers)}", daemon=True
+        )
+        # Where the thread is, by kind: kept by the worker itself, so it
+        # knows which kinds to skip without asking the kernel.
+        self.here: dict[Kind, int] = dict(self.home.ids)
+        self.ns_dir = -1
+        self.ns_dir_stat: os.stat_result | None = None
+        # Whether the thread has its own cwd and root (unshare(CLONE_FS)),
+        # which joining a mount namespace requires.
+        self.own_fs = False
+
+    # -- the thread -----------------------------------------------------------
+
+    def _main(self) -> None:
+        call, self.call = self.call, None
+        try:
+            self._settle()
+        except BaseException as exc:
+            logger.error("nspool worker could not settle at home: %s", exc)
+            if call is not None:
+                call.error = exc
+            self._retire(call, discarded=True)
+            self._close()
+            return
+        try:
+            while True:
+                if call is None:
+                    call = self._wait()
+                    if call is None:
+                        return
+                if not self._serve(call):
+                    return
+                call = None
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        fd, self.ns_dir = self.ns_dir, -1
+        # A callable may have closed our fd (and the number may now be
+        # someone else's): close it only if it is still our directory.
+        with contextlib.suppress(OSError):
+            if fd >= 0 and _same_file(os.fstat(fd), self.ns_dir_stat):
+                os.close(fd)
+        self.home.release()
+
+    def _settle(self) -> None:
+        """Open this thread's namespace directory and make sure the thread is
+        in the executor's home namespaces (it starts in its creator's)."""
+        # Opened once: it keeps naming this thread after the thread enters a
+        # mount namespace whose /proc shows other pids.
+        self.ns_dir = os.open(_THREAD_NS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.ns_dir_stat = os.fstat(self.ns_dir)
+        self.here = {**self.home.ids, **self._read_links(_CHECKED)}
+        for kind in _HOME_ORDER:
+            if kind in self.here and self.here[kind] != self.home.ids[kind]:
+                if kind in _UNJOINABLE:
+                    raise UnsupportedKindError(
+                        errno.EUSERS,
+                        syscall="setns",
+                        kind=kind,
+                        detail="the thread that made this Workers has moved to another "
+                        f"{kind} namespace; worker threads cannot follow",
+                    )
+                self._setns_home(kind)
+        self._check(_CHECKED, self.home.ids, "after settling")
+
+    def _wait(self) -> _Call | None:
+        """Wait for a call; ``None`` means exit (shutdown or idle timeout)."""
+        while True:
+            if self.wake.acquire(timeout=IDLE_TIMEOUT):
+                call, self.call = self.call, None
+                if call is None:
+                    self._retire(None, discarded=False)
+                return call
+            workers = self.workers_ref()
+            if workers is None or workers._retire_idle(self):
+                self._retire(None, discarded=False)
+                return None
+            # A submitter picked us just as the wait timed out: take its call.
+
+    def _serve(self, call: _Call) -> bool:
+        """Run ``call`` and deliver its outcome; whether the thread stays."""
+        if not call.start():  # a future cancelled while queued
+            self._after(call)
+            return True
+        try:
+            self._run(call)
+        except _Discard as exc:
+            logger.warning("nspool worker %s discarded: %s", self.thread.name, exc)
+            self._retire(call, discarded=True)
+            return False
+        except BaseException as exc:
+            # A fault of nspool itself: the thread's state is unknown, so it
+            # goes; the caller still hears of the call.
+            logger.exception("nspool worker %s failed; discarded", self.thread.name)
+            if not call.ran:
+                call.error = exc
+            self._retire(call, discarded=True)
+            return False
+        return self.workers_ref() is not None
+
+    def _run(self, call: _Call) -> None:
+        """Enter, call, check, go home. Raises :class:`_Discard` if the thread
+        must not be reused; the call's outcome is in ``call`` either way."""
+        s = call.nsset
+        if self.own_fs and (s is None or not s._bits & _MNT_BITS):
+            self._follow_process_cwd()
+        if s is None:
+            self._call(call)
+            self._leave(0, self.home.ids)
+            self._after(call)
+            return
+        try:
+            s._acquire()
+        except NamespaceError as exc:
+            call.error = exc
+            self._after(call)
+            return
+        try:
+            expected = dict(self.here)
+            try:
+                self._enter(s, expected)
+            except OSError as exc:
+                call.error = exc
+                self._leave(s._bits, self.here)
+                self._after(call)
+                return
+            _thread.stack.append(s)
+            try:
+                self._call(call)
+            finally:
+                _thread.stack.pop()
+            self._leave(s._bits, expected)
+        finally:
+            s._leave()
+        self._after(call)
+
+    def _enter(self, s: NamespaceSet, expected: dict[Kind, int]) -> None:
+        """Enter ``s``'s kinds that the thread is not in yet. ``expected`` is
+        updated to where the thread must be afterwards."""
+        ids = s._ids_of_acquired()
+        here = self.here
+        for kind, fd in s._order:
+            want = ids[kind]
+            if kind is not Kind.USER:
+                expected[kind] = want
+            if here.get(kind, want) == want:
+                continue
+            if kind in _UNJOINABLE:
+                raise UnsupportedKindError(
+                    errno.EUSERS if kind is Kind.TIME else errno.EINVAL,
+                    syscall="setns",
+                    kind=kind,
+                    detail="a thread of a multi-threaded process cannot join another "
+                    f"{kind} namespace; start a process instead",
+                )
+            if kind is Kind.MNT and not self.own_fs:
+                _sys.unshare_fs()
+                self.own_fs = True
+            _sys.setns(fd, kind)
+            here[kind] = want
+
+    def _call(self, call: _Call) -> None:
+        call.ran = True
+        try:
+            call.result = call.context.run(call.fn, *call.args, **call.kwargs)
+        except BaseException as exc:
+            call.error = exc
+
+    def _leave(self, kind_bits: int, expected: dict[Kind, int]) -> None:
+        """After a call in a set of ``kind_bits``: check the thread is where it
+        should be (``expected``), then take it home. Raises :class:`_Discard`.
+
+        With the anchor, only what a forced return does not cover is read:
+        the set's own kinds (a callable that moved the thread in them is
+        caught), ``time_for_children`` (no threaded process can join a time
+        namespace) and mnt (forced only when the set entered it, since the
+        return resets cwd and root). Every other kind is forced home by the
+        one ``setns``, whatever the callable did to it.
+        :data:`CHECK_EVERY_KIND` reads every kind.
+        """
+        anchor = self.home.anchor_fd
+        if anchor < 0 or CHECK_EVERY_KIND:
+            checked: Iterable[Kind] = _CHECKED
+        else:
+            checked = _checked_after(kind_bits)
+        self._check(checked, expected, "after the call")
+        if anchor >= 0:
+            # mnt only if the set moved it: a setns into a mount namespace
+            # resets cwd and root, even into the one the thread is in.
+            home_ids, here = self.home.ids, self.here
+            left_mnt = here[Kind.MNT] != home_ids[Kind.MNT]
+            try:
+                if left_mnt:
+                    _sys.setns(anchor, _FORCED_WITH_MNT_BITS)
+                    self._restore_fs()
+                else:
+                    _sys.setns(anchor, _FORCED_BITS)
+            except OSError as exc:
+                raise _Discard(f"cannot go home: {exc}") from exc
+            for kind in _FORCED_WITH_MNT if left_mnt else _FORCED:
+                here[kind] = home_ids[kind]
+            return
+        entered = [k for k in _HOME_CHECKED if self.here[k] != self.home.ids[k]]
+        try:
+            for kind in entered:
+                self._setns_home(kind)
+        except OSError as exc:
+            raise _Discard(f"cannot go home: {exc}") from exc
+        self._check(entered, self.home.ids, "after going home")
+
+    def _after(self, call: _Call) -> None:
+        """The worker is home and healthy: mark it idle (or give it the next
+        queued call), then deliver."""
+        workers = self.workers_ref()
+        if workers is not None:
+            workers._mark_idle_or_take(self, deliver=call)
+        else:
+            call.deliver()
+
+    def _read_links(self, kinds: Iterable[Kind]) -> dict[Kind, int]:
+        links: dict[Kind, int] = {}
+        for kind in kinds:
+            link = os.readlink(kind.for_children_name, dir_fd=self.ns_dir)
+            links[kind] = int(link[link.index("[") + 1 : -1])
+        return links
+
+    def _check(self, kinds: Iterable[Kind], expected: dict[Kind, int], when: str) -> None:
+        try:
+            actual = self._read_links(kinds)
+        except OSError as exc:
+            raise _Discard(f"cannot read its namespaces {when}: {exc}") from exc
+        moved = [str(k) for k, ino in actual.items() if ino != expected[k]]
+        if moved:
+            raise _Discard(f"in unexpected {', '.join(moved)} namespaces {when}")
+
+    def _setns_home(self, kind: Kind) -> None:
+        if kind is Kind.MNT and not self.own_fs:
+            _sys.unshare_fs()
+            self.own_fs = True
+        _sys.setns(self.home.fds[kind], kind)
+        self.here[kind] = self.home.ids[kind]
+        if kind is Kind.MNT:
+            self._restore_fs()
+
+    def _restore_fs(self) -> None:
+        """``setns`` into a mount namespace resets root and cwd to that
+        namespace's root; put back the home root and the process's cwd."""
+        os.fchdir(self.home.root)
+        os.chroot(".")
+        self._follow_process_cwd()
+
+    def _follow_process_cwd(self) -> None:
+        """A worker that has joined a mount namespace has its own cwd from
+        then on; before other calls it takes the process's current one, as a
+        thread sharing it would see."""
+        os.chdir(f"/proc/{os.getpid()}/cwd")
+
+    def _retire(self, call: _Call | None, *, discarded: bool) -> None:
+        workers = self.workers_ref()
+        if workers is not None:
+            workers._forget(self, discarded=discarded)
+        if call is not None:
+            call.deliver()
+
+
+class Workers(Executor):
+    """An executor of dedicated threads that run calls inside namespace sets.
+
+    ``max_workers`` threads at most; idle ones exit after
+    :data:`IDLE_TIMEOUT` seconds. Threads are named ``nspool-worker-N``.
+    The executor's home namespaces are those of the thread that creates it:
+    worker threads live there between calls.
+
+    Any thread may submit. A callable may itself submit to a ``Workers``
+    (the new worker thread still starts at home), but a callable that blocks
+    waiting for a call on the same, saturated executor deadlocks, as with
+    any bounded executor.
+    """
+
+    def __init__(self, max_workers: int = MAX_WORKERS) -> None:
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        self._max_workers = max_workers
+        self._home = _Home(USE_HOME_ANCHOR)
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._queue: collections.deque[_Call] = collections.deque()
+        self._threads: set[_Worker] = set()
+        self._shutdown = False
+        self._calls = 0
+        self._discarded = 0
+        # Runs once: at shutdown, or when the executor is collected unshut.
+        self._stop_idle = weakref.finalize(self, _stop_idle, self._lock, self._idle, self._home)
+
+    # -- submitting ---------------------------------------------------------------
+
+    def run_sync(
+        self, nsset: NamespaceSet, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run ``fn(*args, **kwargs)`` on a worker thread inside ``nsset`` and
+        return its result (or raise its exception, with its traceback).
+
+        Blocks the calling thread until the call is done. Raises
+        :class:`SetClosedError` if the set is closed before the call starts,
+        :class:`UnsupportedKindError` if the set holds a user or time
+        namespace other than home's.
+
+        Cancellation: a ``KeyboardInterrupt`` (or other exception raised in the
+        waiting thread by a signal handler) stops the wait, not the call: the
+        callable finishes in the background and its result is dropped.
+        """
+        call = _Call(nsset, fn, args, kwargs, None)
+        waiter = call.waiter = threading.Lock()
+        waiter.acquire()
+        self._dispatch(call)
+        waiter.acquire()
+        error = call.error
+        if error is not None:
+            call.error = None
+            try:
+                raise error
+            finally:
+                del error
+        result: _T = call.result
+        call.result = None
+        return result
+
+    def submit_in(
+        self, nsset: NamespaceSet, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Future[_T]:
+        """Schedule ``fn(*args, **kwargs)`` on a worker thread inside
+        ``nsset``; the returned future holds its result or exception.
+
+        Never blocks. Cancellation: ``future.cancel()`` succeeds only while
+        the call is queued; a running call finishes.
+        """
+        future: Future[_T] = Future()
+        self._dispatch(_Call(nsset, fn, args, kwargs, future))
+        return future
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        """As :meth:`submit_in`, in the executor's home namespaces (no set).
+        The thread is still checked afterwards."""
+        future: Future[_T] = Future()
+        self._dispatch(_Call(None, fn, args, kwargs, future))
+        return future
+
+    def _dispatch(self, call: _Call) -> None:
+        worker: _Worker | None = None
+        new = False
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new calls after shutdown")
+            self._calls += 1
+            if self._idle:
+                worker = self._idle.pop()
+                worker.call = call
+            elif len(self._threads) < self._max_workers:
+                worker = _Worker(self, call)
+                self._threads.add(worker)
+                new = True
+            else:
+                self._queue.append(call)
+        if worker is None:
+            return
+        if not new:
+            worker.wake.release()
+            return
+        try:
+            worker.thread.start()
+        except BaseException:
+            with self._lock:
+                self._threads.discard(worker)
+            raise
+
+    # -- called by workers -----------------------------------------------------------
+
+    def _mark_idle_or_take(self, worker: _Worker, deliver: _Call | None) -> None:
+        """A worker is home and healthy: hand it the next queued call or put
+        it on the idle list, then deliver ``deliver``'s outcome."""
+        with self._lock:
+            if self._queue:
+                worker.call = self._queue.popleft()
+                worker.wake.release()
+            elif self._shutdown:
+                worker.call = None
+                worker.wake.release()
+            else:
+                self._idle.append(worker)
+        if deliver is not None:
+            deliver.deliver()
+
+    def _retire_idle(self, worker: _Worker) -> bool:
+        """An idle worker timed out: remove it unless a call was just handed
+        to it. Returns whether it should exit."""
+        with self._lock:
+            try:
+                self._idle.remove(worker)
+            except ValueError:
+                return False
+            return True
+
+    def _forget(self, worker: _Worker, *, discarded: bool) -> None:
+        """A worker thread is leaving; if it was discarded and calls are
+        waiting, a fresh thread takes its place."""
+        replacement: _Worker | None = None
+        with self._lock:
+            self._threads.discard(worker)
+            with contextlib.suppress(ValueError):
+                self._idle.remove(worker)
+            if discarded:
+                self._discarded += 1
+                if self._queue and not self._shutdown:
+                    replacement = _Worker(self, self._queue.popleft())
+                    self._threads.add(replacement)
+        if replacement is not None:
+            replacement.thread.start()
+
+    # -- lifetime -----------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting calls; idle threads exit at once, busy ones after
+        their call. ``cancel_futures`` cancels queued calls (``run_sync``
+        callers waiting on them get :class:`concurrent.futures.CancelledError`);
+        otherwise they still run. ``wait`` joins every thread.
+
+        Safe to call more than once and from any thread but a worker's own
+        (which cannot join itself).
+        """
+        with self._lock:
+            self._shutdown = True
+            cancelled: list[_Call] = []
+            if cancel_futures:
+                cancelled = list(self._queue)
+                self._queue.clear()
+            threads = list(self._threads)
+        for call in cancelled:
+            if call.future is not None:
+                call.future.cancel()
+            else:
+                call.error = CancelledError("Workers shut down before the call started")
+                call.deliver()
+        self._stop_idle()
+        if wait:
+            for worker in threads:
+                if worker.thread is not threading.current_thread() and worker.thread.ident:
+                    worker.thread.join()
+
+    def stats(self) -> WorkersStats:
+        """Counts of threads and calls, for monitoring and tests."""
+        with self._lock:
+            return WorkersStats(
+                threads=len(self._threads),
+                idle=len(self._idle),
+                queued=len(self._queue),
+                calls=self._calls,
+                discarded=self._discarded,
+            )
+
+    def __repr__(self) -> str:
+        st = self.stats()
+        state = "shut down" if self._shutdown else "running"
+        return (
+            f"<Workers {state} threads={st.threads} idle={st.idle} "
+            f"queued={st.queued} discarded={st.discarded}>"
+        )
+
+
+def _stop_idle(lock: threading.Lock, idle: list[_Worker], home: _Home) -> None:
+    """Tell idle workers to exit and drop the executor's hold on its home.
+    Holds no reference to the executor, so it can run as its finalizer."""
+    with lock:
+        leaving = list(idle)
+        idle.clear()
+    for worker in leaving:
+        worker.call = None
+        worker.wake.release()
+    home.release()
+
+
+_default: Workers | None = None
+_default_lock = threading.Lock()
+
+
+def default_workers() -> Workers:
+    """The process-wide ``Workers`` used when none is given; created on first
+    use, with its home in the namespaces of the thread that first asks."""
+    global _default
+    with _default_lock:
+        if _default is None or _default._shutdown:
+            _default = Workers()
+        return _default

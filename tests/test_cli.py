@@ -1,0 +1,137 @@
+"""``python -m nspool doctor``: as a subprocess, and in-process under the
+autouse ``no_leaks`` fixture (fds, threads, mounts)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from nspool import Kind, cli
+from nspool.kinds import SETNS_ORDER
+
+NET_CELLS = ("create", "join", "persist")
+
+
+def run_cli(*args: str, backend: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m nspool ARGS`` with piped, uncoloured output."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "COLUMNS")}
+    env["NO_COLOR"] = "1"
+    if backend is not None:
+        env["NSPOOL_SYSCALLS"] = backend
+    return subprocess.run(
+        [sys.executable, "-m", "nspool", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """The table's rows by kind name: ``{"net": ["yes", "yes", "yes"]}``.
+
+    Cells are split on rich's box edges (``│``, or ``|`` where the output
+    encoding has no box characters).
+    """
+    names = {k.proc_name for k in SETNS_ORDER}
+    rows: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in re.split(r"[│|┃]", line)]
+        cells = [c for c in cells if c]
+        if cells and cells[0] in names:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def children() -> set[str]:
+    """Pids of this process's child processes (of every thread)."""
+    found: set[str] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            found.update(f.read().split())
+    return found
+
+
+def thread_ns(name: str) -> str:
+    """The calling thread's namespace link, e.g. ``net:[4026531840]``."""
+    return os.readlink(f"/proc/thread-self/ns/{name}")
+
+
+def doctor_dirs() -> set[str]:
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("nspool-doctor-")}
+
+
+def test_doctor_subprocess_shows_every_kind(syscall_backend: str) -> None:
+    """The table has one row per kind, in SETNS_ORDER, each with three
+    cells; net is created, joined and persisted; the exit code is 0."""
+    result = run_cli("doctor", backend=syscall_backend)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table_rows(result.stdout)
+    assert list(rows) == [k.proc_name for k in SETNS_ORDER], result.stdout
+    for name, cells in rows.items():
+        assert len(cells) == 3, f"{name}: {cells}"
+        for cell in cells:
+            assert cell == cli.YES or cell == cli.NOT_YET or cell.startswith("no: "), cell
+    assert rows["net"] == ["yes", "yes", "yes"], result.stdout
+    assert f"syscalls: {syscall_backend}" in result.stdout
+    assert f"kernel {os.uname().release}" in result.stdout
+
+
+def test_doctor_subprocess_explains_refusals() -> None:
+    """The kernel refuses time (EUSERS) and user (EINVAL) joins in a
+    multi-threaded process, and the library refuses to create user
+    namespaces: each is shown with its reason."""
+    rows = table_rows(run_cli("doctor").stdout)
+    assert rows["user"][0] == cli.NOT_YET
+    assert rows["user"][1].startswith("no: EINVAL "), rows["user"]
+    assert rows["time"][1].startswith("no: EUSERS "), rows["time"]
+    assert "multi-threaded" in rows["time"][1]
+
+
+def test_doctor_in_process_returns_0_and_leaves_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """main(["doctor"]) returns 0 and leaves no fd, thread or mount (the
+    no_leaks fixture), no child process, no temporary directory, and the
+    calling thread in its own namespaces."""
+    before_ns = {k: thread_ns(k.for_children_name) for k in SETNS_ORDER}
+    before_children, before_dirs = children(), doctor_dirs()
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out)["net"] == ["yes", "yes", "yes"], out
+    assert {k: thread_ns(k.for_children_name) for k in SETNS_ORDER} == before_ns
+    assert children() <= before_children
+    assert doctor_dirs() <= before_dirs
+
+
+def test_probe_report() -> None:
+    """probe() reports every kind once, in SETNS_ORDER, and says net works."""
+    report = cli.probe()
+    assert [r.kind for r in report.kinds] == list(SETNS_ORDER)
+    net = report.row(Kind.NET)
+    assert (net.create, net.join, net.persist) == (cli.YES, cli.YES, cli.YES)
+    assert report.ok
+    assert report.row(Kind.USER).create == cli.NOT_YET
+    assert report.root == (os.geteuid() == 0)
+    assert report.pidfd_open == cli.YES
+
+
+def test_unknown_subcommand_exits_non_zero() -> None:
+    """An unknown subcommand is a usage error: non-zero exit, a message."""
+    result = run_cli("no-such-command")
+    assert result.returncode != 0
+    assert "invalid choice" in result.stderr
+
+
+def test_usage_errors_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    """main() returns argparse's code instead of raising SystemExit."""
+    assert cli.main(["no-such-command"]) == 2
+    assert cli.main([]) == 2
+    assert cli.main(["--help"]) == 0
+    assert "doctor" in capsys.readouterr().out

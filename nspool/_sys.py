@@ -44,11 +44,13 @@ __all__ = [
     "PIDFD_THREAD",
     "backend",
     "mount",
+    "ns_inode_at",
     "nstype",
     "open_ns",
     "pidfd_is_alive",
     "pidfd_open",
     "setns",
+    "setns_holding_gil",
     "umount2",
     "unshare",
     "use_backend",
@@ -74,7 +76,13 @@ _libc = ctypes.CDLL(_LIBC_NAME, use_errno=True)
 # saves the release/re-acquire and, on a busy interpreter, a wait of up to a
 # switch interval to get the GIL back. unshare and mount can take
 # milliseconds (a new netns, kernel locks), so they release it.
-_c_setns = ctypes.PyDLL(_LIBC_NAME, use_errno=True).setns
+_libc_gil = ctypes.PyDLL(_LIBC_NAME, use_errno=True)
+_c_setns = _libc_gil.setns
+# readlinkat of a /proc/.../ns link takes a few microseconds too; the worker
+# threads read a few after every call.
+_c_readlinkat = _libc_gil.readlinkat
+_c_readlinkat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t)
+_c_readlinkat.restype = ctypes.c_ssize_t
 _c_setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _c_setns.restype = ctypes.c_int
 _c_unshare = _libc.unshare
@@ -183,6 +191,34 @@ def setns(fd: int, kind: Kind | int, *, path: str | None = None) -> None:
         except OSError as exc:
             err = exc.errno or errno.EIO
             raise from_errno(err, syscall="setns", kind=Kind(kind), path=path) from exc
+
+
+def setns_holding_gil(fd: int, kind: Kind | int) -> None:
+    """:func:`setns` through ctypes without releasing the GIL, whatever the
+    backend. For the workers' hot path: on a busy interpreter every GIL
+    release can cost a wait of up to a switch interval (5 ms) to get it back,
+    and ``setns`` itself takes microseconds."""
+    while True:
+        if _c_setns(fd, kind) != -1:
+            return
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise from_errno(err, syscall="setns", kind=Kind(kind))
+
+
+def ns_inode_at(dir_fd: int, name: bytes, buf: ctypes.Array[ctypes.c_char]) -> int:
+    """The inode number in the namespace link ``name`` (``b"net"``) of the
+    ``/proc/.../ns`` directory ``dir_fd``, read without releasing the GIL.
+    ``buf`` is a scratch buffer of at least 64 bytes. Raises ``OSError``."""
+    while True:
+        n = _c_readlinkat(dir_fd, name, buf, len(buf))
+        if n != -1:
+            break
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err), name.decode())
+    link = buf.raw[:n]  # b"net:[4026531840]"
+    return int(link[link.index(b"[") + 1 : -1])
 
 
 def unshare(flags: Kind | int) -> None:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import ctypes
 import errno
 import itertools
 import logging
@@ -76,6 +77,10 @@ MAX_WORKERS = 64
 #: return home cannot force (slower; catches callables that touched kinds
 #: outside their set, which the forced return would otherwise just undo).
 CHECK_EVERY_KIND = False
+#: Make the syscalls of a call (setns, reading links) without releasing the
+#: GIL. They take microseconds, while a released GIL can take a switch
+#: interval (5 ms) to get back on a busy interpreter; measured in bench/.
+KEEP_GIL = True
 #: Go home through a pidfd of an anchor thread (one ``setns`` for all kinds)
 #: where the kernel supports it; tests turn it off to run the per-kind path.
 USE_HOME_ANCHOR = True
@@ -113,11 +118,17 @@ def _checked_after(kind_bits: int) -> tuple[Kind, ...]:
 #: filesystem view before anything else.
 _HOME_ORDER = tuple(reversed(SETNS_ORDER))
 _HOME_CHECKED = tuple(k for k in _HOME_ORDER if k in _CHECKED)
+_LINK_NAMES: dict[Kind, bytes] = {k: os.fsencode(k.for_children_name) for k in _CHECKED}
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 _worker_numbers = itertools.count(1)
+
+
+def _setns() -> Callable[[int, int], None]:
+    """The setns the workers use, as :data:`KEEP_GIL` says."""
+    return _sys.setns_holding_gil if KEEP_GIL else _sys.setns
 
 
 def _same_file(a: os.stat_result, b: os.stat_result | None) -> bool:
@@ -300,6 +311,7 @@ class _Worker:
         self.here: dict[Kind, int] = dict(self.home.ids)
         self.ns_dir = -1
         self.ns_dir_stat: os.stat_result | None = None
+        self.link_buf = ctypes.create_string_buffer(64)
         # Whether the thread has its own cwd and root (unshare(CLONE_FS)),
         # which joining a mount namespace requires.
         self.own_fs = False
@@ -452,7 +464,7 @@ class _Worker:
             if kind is Kind.MNT and not self.own_fs:
                 _sys.unshare_fs()
                 self.own_fs = True
-            _sys.setns(fd, kind)
+            _setns()(fd, kind)
             here[kind] = want
 
     def _call(self, call: _Call) -> None:
@@ -487,10 +499,10 @@ class _Worker:
             left_mnt = here[Kind.MNT] != home_ids[Kind.MNT]
             try:
                 if left_mnt:
-                    _sys.setns(anchor, _FORCED_WITH_MNT_BITS)
+                    _setns()(anchor, _FORCED_WITH_MNT_BITS)
                     self._restore_fs()
                 else:
-                    _sys.setns(anchor, _FORCED_BITS)
+                    _setns()(anchor, _FORCED_BITS)
             except OSError as exc:
                 raise _Discard(f"cannot go home: {exc}") from exc
             for kind in _FORCED_WITH_MNT if left_mnt else _FORCED:
@@ -515,8 +527,14 @@ class _Worker:
 
     def _read_links(self, kinds: Iterable[Kind]) -> dict[Kind, int]:
         links: dict[Kind, int] = {}
+        ns_dir = self.ns_dir
+        if KEEP_GIL:
+            buf = self.link_buf
+            for kind in kinds:
+                links[kind] = _sys.ns_inode_at(ns_dir, _LINK_NAMES[kind], buf)
+            return links
         for kind in kinds:
-            link = os.readlink(kind.for_children_name, dir_fd=self.ns_dir)
+            link = os.readlink(kind.for_children_name, dir_fd=ns_dir)
             links[kind] = int(link[link.index("[") + 1 : -1])
         return links
 
@@ -533,7 +551,7 @@ class _Worker:
         if kind is Kind.MNT and not self.own_fs:
             _sys.unshare_fs()
             self.own_fs = True
-        _sys.setns(self.home.fds[kind], kind)
+        _setns()(self.home.fds[kind], kind)
         self.here[kind] = self.home.ids[kind]
         if kind is Kind.MNT:
             self._restore_fs()

@@ -1,8 +1,9 @@
 """Worker threads: calls run inside their set, threads are checked, restored
 or discarded, against the real kernel.
 
-Most tests run twice: with the anchor (workers go home in one ``setns`` on a
-thread pidfd) and without it (kind by kind, every link read).
+Most tests run three times: with the anchor (workers go home in one
+``setns`` on a thread pidfd), without it (kind by kind, every link read), and
+with the anchor but GIL-releasing syscalls.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ def link_of(kind: Kind) -> str:
     return kind.for_children_name
 
 
-@pytest.fixture(params=["anchor", "per-kind"])
+@pytest.fixture(params=["anchor", "per-kind", "gil-released"])
 def pool(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workers]:
-    """A fresh ``Workers``, shut down (and its threads joined) after the test."""
-    monkeypatch.setattr(workers, "USE_HOME_ANCHOR", request.param == "anchor")
+    """A fresh ``Workers``, shut down (and its threads joined) after the test:
+    going home through the anchor, kind by kind, or through the anchor with
+    the syscalls releasing the GIL (``os.readlink`` and the backend's setns)."""
+    monkeypatch.setattr(workers, "USE_HOME_ANCHOR", request.param != "per-kind")
+    monkeypatch.setattr(workers, "KEEP_GIL", request.param != "gil-released")
     w = Workers(max_workers=8)
-    if request.param == "anchor":
+    if request.param != "per-kind":
         assert w._home.anchor_fd >= 0, "this kernel should support PIDFD_THREAD"
     try:
         yield w

@@ -43,6 +43,7 @@ __all__ = [
     "NS_GET_NSTYPE",
     "PIDFD_THREAD",
     "backend",
+    "current_cpu",
     "mount",
     "ns_inode_at",
     "nstype",
@@ -83,6 +84,9 @@ _c_setns = _libc_gil.setns
 _c_readlinkat = _libc_gil.readlinkat
 _c_readlinkat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t)
 _c_readlinkat.restype = ctypes.c_ssize_t
+_c_sched_getcpu = _libc_gil.sched_getcpu
+_c_sched_getcpu.argtypes = ()
+_c_sched_getcpu.restype = ctypes.c_int
 _c_setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _c_setns.restype = ctypes.c_int
 _c_unshare = _libc.unshare
@@ -219,6 +223,12 @@ def ns_inode_at(dir_fd: int, name: bytes, buf: ctypes.Array[ctypes.c_char]) -> i
             raise OSError(err, os.strerror(err), name.decode())
     link = buf.raw[:n]  # b"net:[4026531840]"
     return int(link[link.index(b"[") + 1 : -1])
+
+
+def current_cpu() -> int:
+    """The CPU the calling thread runs on now (``sched_getcpu``; a vDSO call,
+    nanoseconds)."""
+    return int(_c_sched_getcpu())
 
 
 def unshare(flags: Kind | int) -> None:

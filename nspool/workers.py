@@ -312,14 +312,29 @@ class _Worker:
         self.ns_dir = -1
         self.ns_dir_stat: os.stat_result | None = None
         self.link_buf = ctypes.create_string_buffer(64)
+        self.cpu = -1
         # Whether the thread has its own cwd and root (unshare(CLONE_FS)),
         # which joining a mount namespace requires.
         self.own_fs = False
 
     # -- the thread -----------------------------------------------------------
 
+    def move_to(self, cpu: int) -> None:
+        """Run on ``cpu`` only (the ``same_cpu`` option). Called by the
+        submitter while the worker waits; a new thread applies it itself."""
+        if cpu == self.cpu:
+            return
+        self.cpu = cpu
+        tid = self.thread.native_id
+        if tid is not None:
+            with contextlib.suppress(OSError):  # the thread may just have exited
+                os.sched_setaffinity(tid, {cpu})
+
     def _main(self) -> None:
         call, self.call = self.call, None
+        if self.cpu >= 0:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, {self.cpu})
         try:
             self._settle()
         except BaseException as exc:
@@ -585,16 +600,23 @@ class Workers(Executor):
     The executor's home namespaces are those of the thread that creates it:
     worker threads live there between calls.
 
+    ``same_cpu=True`` moves the worker that takes a call onto the CPU of the
+    submitting thread: a wake-up on the same CPU is far cheaper than one
+    across CPUs on a VM, but workers then no longer run GIL-free work (a
+    long syscall, I/O) in parallel with their submitter. Off by default; see
+    ``bench/workers.py`` for what it buys here.
+
     Any thread may submit. A callable may itself submit to a ``Workers``
     (the new worker thread still starts at home), but a callable that blocks
     waiting for a call on the same, saturated executor deadlocks, as with
     any bounded executor.
     """
 
-    def __init__(self, max_workers: int = MAX_WORKERS) -> None:
+    def __init__(self, max_workers: int = MAX_WORKERS, *, same_cpu: bool = False) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         self._max_workers = max_workers
+        self._same_cpu = same_cpu
         self._home = _Home(USE_HOME_ANCHOR)
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
@@ -677,6 +699,8 @@ class Workers(Executor):
                 self._queue.append(call)
         if worker is None:
             return
+        if self._same_cpu:
+            worker.move_to(_sys.current_cpu())
         if not new:
             worker.wake.release()
             return

@@ -167,3 +167,39 @@ def test_mount_errors(tmp_path: os.PathLike[str]) -> None:
         _sys.umount2(os.fspath(tmp_path), 0)
     assert info2.value.errno == errno.EINVAL
     assert info2.value.syscall == "umount2"
+
+
+def test_gil_holding_calls() -> None:
+    """setns_holding_gil and ns_inode_at work on any backend, report errors,
+    and read the same inode as readlink does."""
+    buf = __import__("ctypes").create_string_buffer(64)
+    ns_dir = os.open("/proc/thread-self/ns", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in ("net", "uts", "pid_for_children", "time_for_children"):
+            link = os.readlink(name, dir_fd=ns_dir)
+            assert _sys.ns_inode_at(ns_dir, name.encode(), buf) == int(
+                link[link.index("[") + 1 : -1]
+            )
+        with pytest.raises(FileNotFoundError):
+            _sys.ns_inode_at(ns_dir, b"nonexistent", buf)
+    finally:
+        os.close(ns_dir)
+    home = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+
+    def hop() -> str:
+        _sys.unshare(Kind.UTS)
+        _sys.setns_holding_gil(home, Kind.UTS)
+        return thread_ns("uts")
+
+    try:
+        assert on_thread(hop) == thread_ns("uts")
+        with pytest.raises(NamespaceError) as info:
+            on_thread(lambda: _sys.setns_holding_gil(home, Kind.NET))
+        assert info.value.errno == errno.EINVAL
+    finally:
+        os.close(home)
+
+
+def test_current_cpu() -> None:
+    """current_cpu names a CPU this thread may run on."""
+    assert _sys.current_cpu() in os.sched_getaffinity(0)

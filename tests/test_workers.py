@@ -590,3 +590,23 @@ def test_call_inline_on_a_closed_set() -> None:
     s.close()
     with pytest.raises(SetClosedError):
         s.call_inline(my_links)
+
+
+def test_same_cpu_moves_the_worker_to_the_submitter() -> None:
+    """With same_cpu=True the worker that takes a call runs on the CPU the
+    submitting thread was on, and calls still run in their set."""
+
+    def submit_from_one_cpu() -> tuple[set[int], str, int]:
+        cpu = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+        w = Workers(same_cpu=True)
+        try:
+            with NamespaceSet.unshare(Kind.NET) as s:
+                affinity, net = w.run_sync(s, lambda: (os.sched_getaffinity(0), thread_ns("net")))
+                return affinity, net, s.id(Kind.NET)
+        finally:
+            w.shutdown()
+
+    affinity, net, ino = on_thread(submit_from_one_cpu)
+    assert len(affinity) == 1
+    assert net == f"net:[{ino}]"

@@ -1,0 +1,204 @@
+"""What the benchmarks share: a result row, interleaved measuring, quiet
+waiting, and the report (a rich table, ratios, JSON).
+
+Benchmarks are run as modules from the repository root
+(``python -m bench.kernel_costs``) or through ``python -m nspool bench``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.table import Table
+
+T = TypeVar("T")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+#: The CPUs count as quiet (the kernel's deferred netns cleanup done) below
+#: this busy fraction, over windows of SETTLE_WINDOW seconds.
+SETTLE_BUSY = 0.15
+SETTLE_WINDOW = 0.1
+
+
+@dataclasses.dataclass
+class Row:
+    """One measured line of the table."""
+
+    group: str
+    name: str
+    unit: str  # "us" per op, or "ops/s"
+    samples: list[float]
+    baseline: str | None = None  # name of the row it is compared with
+    design: str = ""  # what DESIGN.md says
+    ratio: float | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "name": self.name,
+            "unit": self.unit,
+            "n": len(self.samples),
+            "median": self.median,
+            "p10": self.quantile(0.10),
+            "p90": self.quantile(0.90),
+            "mean": statistics.fmean(self.samples),
+            "baseline": self.baseline,
+            "ratio": self.ratio,
+            "design": self.design,
+            **self.extra,
+        }
+
+
+def on_thread(fn: Callable[[], T], name: str = "bench") -> T:
+    """Run ``fn`` on a fresh thread that exits afterwards (whatever
+    namespaces it entered die with it); return its result or raise."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    result: T = box["result"]
+    return result
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already in user
+    return total - idle, total
+
+
+def settle(max_wait: float) -> float:
+    """Wait until the CPUs are quiet (the kernel has finished freeing the
+    netns we dropped), at most ``max_wait`` seconds; return the time waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < max_wait:
+        busy0, total0 = _cpu_times()
+        time.sleep(SETTLE_WINDOW)
+        busy1, total1 = _cpu_times()
+        if total1 > total0 and (busy1 - busy0) / (total1 - total0) < SETTLE_BUSY:
+            break
+    return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def interleave(
+    variants: Mapping[str, Callable[[int], list[float]]], total: int, rounds: int
+) -> dict[str, list[float]]:
+    """Run each variant ``total`` times in all, in ``rounds`` alternating
+    chunks (A B A B ...); each call returns per-op times in µs."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    chunk = max(1, total // rounds)
+    for _ in range(rounds):
+        for name, run in variants.items():
+            samples[name].extend(run(chunk))
+    return samples
+
+
+def fill_ratios(rows: Sequence[Row]) -> None:
+    """Each row's median over its baseline's, measured in the same run."""
+    by_name = {row.name: row for row in rows}
+    for row in rows:
+        if row.baseline is not None:
+            row.ratio = row.median / by_name[row.baseline].median
+
+
+def show(value: float, unit: str) -> str:
+    if unit == "ops/s":
+        return f"{value:,.0f}/s"
+    return f"{value:,.1f} µs" if value < 1000 else f"{value / 1000:,.2f} ms"
+
+
+def render(rows: Sequence[Row], meta: dict[str, Any], console: Console, *, title: str) -> None:
+    console.print(
+        f"kernel {meta['kernel']}  ·  Python {meta['python']}  ·  {meta['cpus']} CPUs  ·  "
+        f"nspool backends: {', '.join(meta['backends'])}  ·  "
+        f"{'quick' if meta['quick'] else 'full'} run, {meta['seconds']:.1f} s",
+        markup=False,
+        highlight=False,
+    )
+    table = Table(title=f"{title} (ratio = median / baseline's median, same run)")
+    table.add_column("", justify="right")
+    table.add_column("measurement")
+    table.add_column("median", justify="right")
+    table.add_column("p90", justify="right")
+    table.add_column("n", justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_column("DESIGN.md says")
+    previous = ""
+    for row in rows:
+        group, previous = ("" if row.group == previous else row.group), row.group
+        ratio = "baseline" if row.ratio is None else f"{row.ratio:.2f}x"
+        # A rate is one sample per round, not per op: its p90 means little.
+        p90 = "-" if row.unit == "ops/s" else show(row.quantile(0.9), row.unit)
+        table.add_row(
+            group,
+            row.name,
+            show(row.median, row.unit),
+            p90,
+            str(len(row.samples)),
+            ratio,
+            row.design,
+            end_section=row is not rows[-1] and rows[rows.index(row) + 1].group != row.group,
+        )
+    console.print(table)
+
+
+def write_json(path: Path, meta: dict[str, Any], rows: Sequence[Row], console: Console) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"meta": meta, "results": [row.as_json() for row in rows]}, indent=2) + "\n"
+    )
+    console.print(f"JSON: {path}", markup=False, highlight=False)
+
+
+def make_console() -> Console:
+    """A console that keeps table rows on one line when piped."""
+    console = Console()
+    if not console.is_terminal:
+        import os
+
+        if "COLUMNS" not in os.environ:
+            console = Console(width=140)
+    return console

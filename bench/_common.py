@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import gc
 import json
+import os
+import platform
 import statistics
 import threading
 import time
@@ -20,6 +22,8 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
+
+from nspool import _sys
 
 T = TypeVar("T")
 
@@ -185,6 +189,34 @@ def render(rows: Sequence[Row], meta: dict[str, Any], console: Console, *, title
     console.print(table)
 
 
+def report(
+    rows: Sequence[Row],
+    *,
+    title: str,
+    sizes: Any,
+    quick: bool,
+    started: float,
+    elapsed: float,
+    out: Path,
+    console: Console,
+) -> None:
+    """Fill the ratios, print the table and write the JSON of one run."""
+    fill_ratios(rows)
+    meta: dict[str, Any] = {
+        "kernel": os.uname().release,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "backends": list(_sys.available_backends()),
+        "default_backend": _sys.backend(),
+        "quick": quick,
+        "sizes": dataclasses.asdict(sizes),
+        "started": started,
+        "seconds": elapsed,
+    }
+    render(rows, meta, console, title=title)
+    write_json(out, meta, rows, console)
+
+
 def write_json(path: Path, meta: dict[str, Any], rows: Sequence[Row], console: Console) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
@@ -196,9 +228,6 @@ def write_json(path: Path, meta: dict[str, Any], rows: Sequence[Row], console: C
 def make_console() -> Console:
     """A console that keeps table rows on one line when piped."""
     console = Console()
-    if not console.is_terminal:
-        import os
-
-        if "COLUMNS" not in os.environ:
-            console = Console(width=140)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=140)
     return console

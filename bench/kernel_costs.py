@@ -33,7 +33,6 @@ import ctypes
 import ctypes.util
 import dataclasses
 import os
-import platform
 import queue
 import shutil
 import subprocess
@@ -42,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from rich.console import Console
 
@@ -51,14 +50,12 @@ from nspool import Kind, NamespaceSet, _sys
 from ._common import (
     RESULTS_DIR,
     Row,
-    fill_ratios,
     interleave,
     make_console,
     no_gc,
     on_thread,
-    render,
+    report,
     settle,
-    write_json,
 )
 
 T = TypeVar("T")
@@ -552,20 +549,16 @@ def main(argv: list[str] | None = None) -> int:
     rows += bench_setns(sizes, console)
     rows += bench_pidfd(sizes, console)
     rows += bench_hop(sizes, console)
-    fill_ratios(rows)
-    meta: dict[str, Any] = {
-        "kernel": os.uname().release,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "backends": list(_sys.available_backends()),
-        "default_backend": _sys.backend(),
-        "quick": args.quick,
-        "sizes": dataclasses.asdict(sizes),
-        "started": started,
-        "seconds": time.perf_counter() - start,
-    }
-    render(rows, meta, console, title="kernel costs")
-    write_json(args.out, meta, rows, console)
+    report(
+        rows,
+        title="kernel costs",
+        sizes=sizes,
+        quick=args.quick,
+        started=started,
+        elapsed=time.perf_counter() - start,
+        out=args.out,
+        console=console,
+    )
     return 0
 
 

@@ -34,7 +34,6 @@ import ctypes
 import ctypes.util
 import dataclasses
 import os
-import platform
 import sys
 import threading
 import time
@@ -44,18 +43,16 @@ from typing import Any
 
 from rich.console import Console
 
-from nspool import Kind, NamespaceSet, Workers, _sys, workers
+from nspool import Kind, NamespaceSet, Workers, workers
 
 from ._common import (
     RESULTS_DIR,
     Row,
-    fill_ratios,
     interleave,
     make_console,
     no_gc,
     on_thread,
-    render,
-    write_json,
+    report,
 )
 
 RESULTS = RESULTS_DIR / "workers.json"
@@ -354,20 +351,16 @@ def main(argv: list[str] | None = None) -> int:
         rows += in_flight(s, sizes, console)
         rows += inline(s, sizes, console)
         rows += busy(s, sizes, console)
-    fill_ratios(rows)
-    meta: dict[str, Any] = {
-        "kernel": os.uname().release,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "backends": list(_sys.available_backends()),
-        "default_backend": _sys.backend(),
-        "quick": args.quick,
-        "sizes": dataclasses.asdict(sizes),
-        "started": started,
-        "seconds": time.perf_counter() - start,
-    }
-    render(rows, meta, console, title="nspool workers: per-call overhead")
-    write_json(args.out, meta, rows, console)
+    report(
+        rows,
+        title="nspool workers: per-call overhead",
+        sizes=sizes,
+        quick=args.quick,
+        started=started,
+        elapsed=time.perf_counter() - start,
+        out=args.out,
+        console=console,
+    )
     return 0
 
 

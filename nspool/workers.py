@@ -234,7 +234,10 @@ class _Home:
                 path = os.path.join(_THREAD_NS_DIR, kind.for_children_name)
                 self.fds[kind] = _sys.open_ns(path, kind)
             self.root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            if use_anchor:
+            # A forced return sets pid_for_children to the anchor's own pid
+            # namespace: usable only if home's pid_for_children is that one.
+            own_pid = os.stat(os.path.join(_THREAD_NS_DIR, "pid")).st_ino
+            if use_anchor and own_pid == os.fstat(self.fds[Kind.PID]).st_ino:
                 self._start_anchor()
         except BaseException:
             self.close()
@@ -635,6 +638,9 @@ class Workers(Executor):
     ) -> _T:
         """Run ``fn(*args, **kwargs)`` on a worker thread inside ``nsset`` and
         return its result (or raise its exception, with its traceback).
+
+        Pid and time namespaces of the set apply to processes ``fn`` starts;
+        a thread ``fn`` starts begins inside the set and is not checked.
 
         Blocks the calling thread until the call is done. Raises
         :class:`SetClosedError` if the set is closed before the call starts,

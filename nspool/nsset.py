@@ -388,7 +388,16 @@ class NamespaceSet:
         return type(self)._create(Kind.require(kinds, what="unshare"), base=self)
 
     @classmethod
-    def _create(cls, kinds: Kind, base: NamespaceSet | None) -> NamespaceSet:
+    def _create(
+        cls,
+        kinds: Kind,
+        base: NamespaceSet | None,
+        hook: Callable[[NamespaceSet], object] | None = None,
+    ) -> NamespaceSet:
+        """Make the set on a throwaway helper thread; ``hook(set)`` runs on
+        that thread while it is still inside the new namespaces (the pool's
+        after-create hook, with no extra thread hop). If the hook raises, the
+        set is closed and the error propagates."""
         if kinds & Kind.USER:
             raise UnsupportedKindError(
                 errno.ENOTSUP,
@@ -409,12 +418,6 @@ class NamespaceSet:
             base._borrow() if base is not None else contextlib.nullcontext({})
         )
         with borrowed as base_fds:
-            made = _on_helper_thread(
-                lambda: _make_namespaces(kinds, base_fds),
-                _discard_made,
-                name="nspool-unshare",
-            )
-            new_fds, init = made
             # What the new set shares with the base: its own copies of those fds.
             shared: dict[Kind, int] = {}
             try:
@@ -423,11 +426,30 @@ class NamespaceSet:
                         shared[kind] = os.dup(fd)
             except OSError as exc:
                 _close_fds(shared.values())
-                _discard_made(made)
                 raise from_errno(exc.errno or errno.EIO, syscall="dup", kind=kinds) from exc
-            if init is None and base is not None and base._init and Kind.PID in shared:
-                init = base._init.acquire()
-            return cls({**shared, **new_fds}, init=init)
+            base_init = base._init if base is not None and Kind.PID in shared else None
+
+            def work() -> NamespaceSet:
+                try:
+                    new_fds, init = _make_namespaces(kinds, base_fds)
+                except BaseException:
+                    _close_fds(shared.values())
+                    raise
+                if init is None and base_init is not None:
+                    init = base_init.acquire()
+                made = cls({**shared, **new_fds}, init=init)
+                if hook is not None:
+                    _thread.stack.append(made)
+                    try:
+                        hook(made)
+                    except BaseException:
+                        made.close()
+                        raise
+                    finally:
+                        _thread.stack.pop()
+                return made
+
+            return _on_helper_thread(work, NamespaceSet.close, name="nspool-unshare")
 
     @classmethod
     def current(cls, kinds: KindsArg = ALL_KINDS) -> NamespaceSet:
@@ -936,13 +958,6 @@ def _make_namespaces(
     finally:
         os.close(ns_dir)
     return fds, init
-
-
-def _discard_made(made: tuple[dict[Kind, int], _PidInit | None]) -> None:
-    """Undo :func:`_make_namespaces` whose result nobody will take."""
-    _close_fds(made[0].values())
-    if made[1] is not None:
-        made[1].release()
 
 
 def _open_any_ns(path: str) -> int:

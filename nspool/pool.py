@@ -1,0 +1,443 @@
+"""``Pool``: namespace sets created ahead of demand.
+
+A new network namespace costs the kernel about half a millisecond to make
+and as much again to free. A pool keeps ``warm`` fresh sets ready, made by
+background creator threads, so that taking one is a list pop. Sets handed
+out are thrown away after use by default (gonso's advice); a ``recycle``
+hook may instead reset them, and the pool checks the reset held before it
+offers the set again.
+
+Guarantees:
+
+* Pool state (ready list, counts) changes under one lock; creating and
+  closing sets (syscalls, milliseconds) happen outside it, so a taker never
+  waits behind a creation.
+* No set is handed to two takers: a set is in exactly one of the ready list,
+  a taker's hands, the recycler, or the closer.
+* Discarded sets go to a background closer that frees them one at a time
+  (:data:`CLOSE_INTERVAL` apart): closing hundreds at once stalls new
+  creations in the kernel for up to ~150 ms.
+* A creation failure (``EPERM``, ``ENOSPC`` at the namespace limit,
+  ``EMFILE``, a hook that raises) is counted in :meth:`Pool.stats`; the
+  creators back off (doubling from :data:`BACKOFF_MIN` to
+  :data:`BACKOFF_MAX`) instead of spinning. A taker that finds no ready set
+  creates one itself (a *miss*) and so sees such an error directly.
+* Closing the pool closes every set it holds and waits for its threads; sets
+  leased out at that moment are closed when they come back.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+from .kinds import Kind
+from .net import loopback_up
+from .nsset import KindsArg, NamespaceSet
+from .workers import Workers, default_workers
+
+__all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "CLOSE_INTERVAL", "Pool", "PoolStats"]
+
+logger = logging.getLogger("nspool")
+
+#: Seconds between two closes by the background closer.
+CLOSE_INTERVAL = 0.0005
+#: Creator back-off after a failure, doubling up to the maximum (seconds).
+BACKOFF_MIN = 0.01
+BACKOFF_MAX = 1.0
+#: Creation latencies kept for the percentiles in ``stats()``.
+LATENCY_WINDOW = 1024
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of a pool. Latencies are of set creation (including the
+    after-create hook), in seconds, over the last :data:`LATENCY_WINDOW`."""
+
+    ready: int
+    leased: int
+    creating: int
+    created: int
+    discarded: int
+    recycled: int
+    hits: int
+    misses: int
+    failures: int
+    last_failure: str | None
+    create_p50: float | None
+    create_p99: float | None
+
+
+def _default_hook(kinds: Kind) -> Callable[[NamespaceSet], object] | None:
+    return (lambda _s: loopback_up()) if kinds & Kind.NET else None
+
+
+def net_state() -> tuple[object, ...]:
+    """What a tenant may leave behind in the calling thread's netns: links
+    and their flags, addresses, routes, and firewall state (iptables tables
+    in use; the nftables ruleset where ``nft`` is installed). Compared by
+    the pool before it reuses a recycled set."""
+    files = []
+    for name in ("dev", "if_inet6", "route", "ipv6_route", "fib_trie", "ip_tables_names"):
+        try:
+            with open(f"/proc/thread-self/net/{name}") as f:
+                text = f.read()
+        except FileNotFoundError:
+            text = ""
+        if name == "dev":  # drop the counters, keep the interface names
+            text = " ".join(line.split(":")[0].strip() for line in text.splitlines()[2:])
+        files.append(text)
+    links = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else []
+    ruleset = ""
+    with contextlib.suppress(OSError):
+        ruleset = subprocess.run(
+            ["nft", "list", "ruleset"], capture_output=True, text=True, timeout=10
+        ).stdout
+    return (*files, tuple(links), ruleset)
+
+
+class Pool:
+    """Fresh namespace sets of ``kinds``, ``warm`` of them made ahead.
+
+    ``after_create(s)`` runs inside each new set before it is offered (on the
+    creating thread, still inside); the default brings ``lo`` up when the
+    sets have a netns. ``recycle(s)``, if given, runs inside a returned set
+    (on a worker) to reset it; the set is reused only if ``verify(s)``
+    (default for a netns: :func:`net_state`, on a worker) equals what it was
+    when the set was first offered, else it is thrown away.
+    ``max_sets`` bounds ready + leased + being created; ``get`` waits at the
+    bound. ``creators`` background threads create in parallel.
+
+    Use ``with Pool(...) as pool:`` (or :meth:`start`/:meth:`close`). All
+    methods may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        kinds: KindsArg,
+        *,
+        warm: int = 16,
+        max_sets: int | None = None,
+        after_create: Callable[[NamespaceSet], object] | None = None,
+        recycle: Callable[[NamespaceSet], object] | None = None,
+        verify: Callable[[], object] | None = None,
+        workers: Workers | None = None,
+        creators: int = 2,
+    ) -> None:
+        self.kinds = Kind.require(kinds, what="Pool")
+        if warm < 0 or creators < 1:
+            raise ValueError("warm must be >= 0 and creators >= 1")
+        if max_sets is not None and max_sets < max(1, warm):
+            raise ValueError("max_sets must be at least warm (and at least 1)")
+        self.warm = warm
+        self.max_sets = max_sets
+        self._after_create = after_create if after_create is not None else _default_hook(self.kinds)
+        self._recycle = recycle
+        self._verify = (
+            verify if verify is not None else (net_state if self.kinds & Kind.NET else None)
+        )
+        self._workers = workers
+        self._n_creators = creators
+
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._ready: collections.deque[NamespaceSet] = collections.deque()
+        self._leased: set[NamespaceSet] = set()
+        self._baseline: dict[NamespaceSet, object] = {}
+        self._creating = 0
+        self._running = False
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        self._to_close: collections.deque[NamespaceSet] = collections.deque()
+        self._backoff = 0.0
+        self._created = self._discarded = self._recycled = 0
+        self._hits = self._misses = self._failures = 0
+        self._last_failure: str | None = None
+        self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+
+    # -- lifetime -----------------------------------------------------------------
+
+    def start(self) -> Pool:
+        """Start the creator and closer threads; returns the pool."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the pool is closed")
+            if self._running:
+                return self
+            self._running = True
+            self._threads = [
+                threading.Thread(target=self._create_loop, name=f"nspool-creator-{i}", daemon=True)
+                for i in range(self._n_creators)
+            ]
+            self._threads.append(
+                threading.Thread(target=self._close_loop, name="nspool-closer", daemon=True)
+            )
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the threads, close every set the pool holds (ready ones and
+        those waiting to be closed), and wait for it. Leased sets are closed
+        as they come back. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._running = False
+            ready = list(self._ready)
+            self._ready.clear()
+            self._baseline.clear()
+            self._changed.notify_all()
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join()
+        with self._lock:
+            pending = list(self._to_close)
+            self._to_close.clear()
+        for s in (*ready, *pending):
+            s.close()
+
+    def __enter__(self) -> Pool:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- taking sets ------------------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> NamespaceSet:
+        """A fresh set, owned by the caller until :meth:`put`.
+
+        Takes a ready one at once (a hit). If none is ready it creates one
+        on the calling thread (a miss, about a millisecond), raising the
+        creation's error if it fails. At ``max_sets`` it waits up to
+        ``timeout`` seconds for room (``TimeoutError``).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                if self._closed:
+                    raise RuntimeError("the pool is closed")
+                if self._ready:
+                    s = self._ready.popleft()
+                    self._leased.add(s)
+                    self._hits += 1
+                    self._changed.notify_all()  # a creator may refill now
+                    return s
+                if self.max_sets is None or self._total() < self.max_sets:
+                    self._misses += 1
+                    self._creating += 1
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"no namespace set free within {timeout} s")
+                self._changed.wait(left)
+        try:
+            s = self._make()
+        except BaseException:
+            with self._lock:
+                self._creating -= 1
+                self._changed.notify_all()
+            raise
+        with self._lock:
+            self._creating -= 1
+            if self._is_closed():
+                self._changed.notify_all()
+                closed = True
+            else:
+                self._leased.add(s)
+                closed = False
+        if closed:
+            s.close()
+            raise RuntimeError("the pool is closed")
+        return s
+
+    def put(self, s: NamespaceSet) -> None:
+        """Give back a set from :meth:`get`. Without ``recycle`` it is thrown
+        away (closed in the background). With ``recycle`` it is reset on a
+        worker and, if its state matches its first offer, made ready again.
+
+        Blocks while ``recycle`` and the check run, if any.
+        """
+        with self._lock:
+            if s not in self._leased:
+                raise ValueError(f"{s!r} was not taken from this pool")
+            self._leased.discard(s)
+            baseline = self._baseline.pop(s, None)
+            reuse = self._recycle is not None and not self._closed and not s.closed
+        if reuse and self._reset_holds(s, baseline):
+            with self._lock:
+                if not self._closed:
+                    self._baseline[s] = baseline
+                    self._ready.append(s)
+                    self._recycled += 1
+                    self._changed.notify_all()
+                    return
+        self._discard(s)
+
+    @contextlib.contextmanager
+    def lease(self, timeout: float | None = None) -> Iterator[NamespaceSet]:
+        """``with pool.lease() as s:``: :meth:`get`, then :meth:`put`."""
+        s = self.get(timeout)
+        try:
+            yield s
+        finally:
+            self.put(s)
+
+    def run_sync(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run ``fn`` on a worker inside a fresh set, then give the set back
+        (thrown away unless recycled). Blocks the calling thread.
+
+        Cancellation: as ``Workers.run_sync``; the set is given back only
+        when the call is done.
+        """
+        with self.lease() as s:
+            return self._workers_or_default().run_sync(s, fn, *args, **kwargs)
+
+    def stats(self) -> PoolStats:
+        """Counts and creation latency percentiles, for monitoring."""
+        with self._lock:
+            lat = sorted(self._latencies)
+            return PoolStats(
+                ready=len(self._ready),
+                leased=len(self._leased),
+                creating=self._creating,
+                created=self._created,
+                discarded=self._discarded,
+                recycled=self._recycled,
+                hits=self._hits,
+                misses=self._misses,
+                failures=self._failures,
+                last_failure=self._last_failure,
+                create_p50=lat[len(lat) // 2] if lat else None,
+                create_p99=lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
+            )
+
+    def __repr__(self) -> str:
+        st = self.stats()
+        return (
+            f"<Pool {self.kinds} warm={self.warm} ready={st.ready} leased={st.leased} "
+            f"created={st.created} misses={st.misses} failures={st.failures}>"
+        )
+
+    # -- inside -------------------------------------------------------------------------
+
+    def _is_closed(self) -> bool:
+        # A method, not the attribute: another thread changes it while we
+        # wait, which a type checker's narrowing cannot know.
+        return self._closed
+
+    def _total(self) -> int:
+        return len(self._ready) + len(self._leased) + self._creating
+
+    def _workers_or_default(self) -> Workers:
+        return self._workers if self._workers is not None else default_workers()
+
+    def _make(self) -> NamespaceSet:
+        """Create one set and run the hook inside it; record the outcome.
+        Runs outside the lock."""
+        started = time.perf_counter()
+        try:
+            s = NamespaceSet._create(self.kinds, None, self._after_create)
+        except BaseException as exc:
+            with self._lock:
+                self._failures += 1
+                self._last_failure = f"{type(exc).__name__}: {exc}"
+            raise
+        try:
+            baseline = self._state_of(s) if self._recycle is not None else None
+        except BaseException:
+            s.close()
+            raise
+        with self._lock:
+            self._created += 1
+            self._latencies.append(time.perf_counter() - started)
+            if baseline is not None:
+                self._baseline[s] = baseline
+        return s
+
+    def _state_of(self, s: NamespaceSet) -> object:
+        if self._verify is None:
+            return None
+        return self._workers_or_default().run_sync(s, self._verify)
+
+    def _reset_holds(self, s: NamespaceSet, baseline: object) -> bool:
+        """Run the recycle hook inside ``s`` and check its state against the
+        one it was first offered with."""
+        assert self._recycle is not None
+        workers = self._workers_or_default()
+        try:
+            workers.run_sync(s, self._recycle, s)
+            return self._verify is None or workers.run_sync(s, self._verify) == baseline
+        except Exception as exc:
+            logger.warning("nspool pool: recycling %r failed: %s", s, exc)
+            return False
+
+    def _discard(self, s: NamespaceSet) -> None:
+        with self._lock:
+            self._discarded += 1
+            if not self._closed:
+                self._to_close.append(s)
+                self._changed.notify_all()
+                return
+        s.close()
+
+    def _create_loop(self) -> None:
+        """A creator thread: keep ``warm`` sets ready, backing off after
+        failures."""
+        while True:
+            with self._lock:
+                while self._running and (
+                    len(self._ready) + self._creating >= self.warm
+                    or (self.max_sets is not None and self._total() >= self.max_sets)
+                ):
+                    self._changed.wait()
+                if not self._running:
+                    return
+                self._creating += 1
+                backoff = self._backoff
+            if backoff:
+                time.sleep(backoff)
+            try:
+                s = self._make()
+            except Exception as exc:
+                logger.warning("nspool pool: creating a %s set failed: %s", self.kinds, exc)
+                with self._lock:
+                    self._creating -= 1
+                    self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
+                    self._changed.notify_all()
+                continue
+            with self._lock:
+                self._creating -= 1
+                self._backoff = 0.0
+                if not self._is_closed():
+                    self._ready.append(s)
+                    self._changed.notify_all()
+                    continue
+            s.close()
+
+    def _close_loop(self) -> None:
+        """The closer thread: close discarded sets one at a time, spaced so
+        that the kernel's cleanup does not stall creations."""
+        while True:
+            with self._lock:
+                while self._running and not self._to_close:
+                    self._changed.wait()
+                if not self._to_close:
+                    return
+                s = self._to_close.popleft()
+            s.close()
+            if CLOSE_INTERVAL:
+                time.sleep(CLOSE_INTERVAL)

@@ -19,6 +19,7 @@ from .errors import (
 )
 from .kinds import Kind
 from .nsset import NamespaceSet, current
+from .pool import Pool, PoolStats
 from .workers import Workers, WorkersStats, default_workers
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "NamespacePermissionError",
     "NamespaceSet",
     "NotANamespaceError",
+    "Pool",
+    "PoolStats",
     "ProcessNotFoundError",
     "SetClosedError",
     "UnsupportedKindError",

@@ -151,6 +151,8 @@ def fill_ratios(rows: Sequence[Row]) -> None:
 def show(value: float, unit: str) -> str:
     if unit == "ops/s":
         return f"{value:,.0f}/s"
+    if unit == "KiB":
+        return f"{value:,.0f} KiB"
     return f"{value:,.1f} µs" if value < 1000 else f"{value / 1000:,.2f} ms"
 
 

@@ -93,6 +93,7 @@ class Sizes:
     setns_ops: int  # per variant, for (b) and (c)
     hop_ops: int  # per variant, for (d)
     settle_max: float  # seconds to wait for the CPUs to go quiet
+    memory_sets: int  # netns held at once for (e)
 
 
 QUICK = Sizes(
@@ -103,6 +104,7 @@ QUICK = Sizes(
     setns_ops=10000,
     hop_ops=5000,
     settle_max=1.5,
+    memory_sets=200,
 )
 FULL = Sizes(
     rounds=10,
@@ -112,6 +114,7 @@ FULL = Sizes(
     setns_ops=40000,
     hop_ops=20000,
     settle_max=4.0,
+    memory_sets=500,
 )
 
 
@@ -528,6 +531,43 @@ def bench_hop(sizes: Sizes, console: Console) -> list[Row]:
     return [base, fast]
 
 
+# -- (e) memory of a live netns ------------------------------------------------
+
+
+def _mem_available_kib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def bench_memory(sizes: Sizes, console: Console) -> list[Row]:
+    """Kernel memory per live netns: MemAvailable before and after holding
+    ``memory_sets`` fresh netns (with ``lo`` down), per set; repeated."""
+    console.print("(e) memory of a live netns ...")
+    samples: list[float] = []
+    for _ in range(3):
+        settle(sizes.settle_max)
+        before = _mem_available_kib()
+        held = [NamespaceSet.unshare(Kind.NET) for _ in range(sizes.memory_sets)]
+        try:
+            after = _mem_available_kib()
+        finally:
+            for s in held:
+                s.close()
+        samples.append((before - after) / sizes.memory_sets)
+    return [
+        Row(
+            "e",
+            f"kernel memory per live netns (MemAvailable drop / {sizes.memory_sets})",
+            "KiB",
+            samples,
+            design="~230 KiB",
+        )
+    ]
+
+
 # -- report ---------------------------------------------------------------------------
 
 
@@ -549,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     rows += bench_setns(sizes, console)
     rows += bench_pidfd(sizes, console)
     rows += bench_hop(sizes, console)
+    settle(sizes.settle_max)
+    rows += bench_memory(sizes, console)
     report(
         rows,
         title="kernel costs",

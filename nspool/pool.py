@@ -35,7 +35,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
@@ -44,7 +44,7 @@ from .net import loopback_up
 from .nsset import KindsArg, NamespaceSet
 from .workers import Workers, default_workers
 
-__all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "CLOSE_INTERVAL", "Pool", "PoolStats"]
+__all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "CLOSE_INTERVAL", "Lease", "Pool", "PoolStats"]
 
 logger = logging.getLogger("nspool")
 
@@ -77,6 +77,26 @@ class PoolStats:
     last_failure: str | None
     create_p50: float | None
     create_p99: float | None
+
+
+class Lease:
+    """A set taken from a pool for the length of a ``with`` block."""
+
+    def __init__(self, pool: Pool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._set: NamespaceSet | None = None
+
+    def __enter__(self) -> NamespaceSet:
+        if self._set is not None:
+            raise RuntimeError("a Lease is entered once")
+        self._set = self._pool.get(self._timeout)
+        return self._set
+
+    def __exit__(self, *exc_info: object) -> None:
+        s, self._set = self._set, None
+        if s is not None:
+            self._pool.put(s)
 
 
 def _default_hook(kinds: Kind) -> Callable[[NamespaceSet], object] | None:
@@ -287,14 +307,11 @@ class Pool:
                     return
         self._discard(s)
 
-    @contextlib.contextmanager
-    def lease(self, timeout: float | None = None) -> Iterator[NamespaceSet]:
-        """``with pool.lease() as s:``: :meth:`get`, then :meth:`put`."""
-        s = self.get(timeout)
-        try:
-            yield s
-        finally:
-            self.put(s)
+    def lease(self, timeout: float | None = None) -> Lease:
+        """``with pool.lease() as s:``: :meth:`get` on entry, :meth:`put` on
+        exit. The same object will serve ``async with`` in the async front
+        end."""
+        return Lease(self, timeout)
 
     def run_sync(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run ``fn`` on a worker inside a fresh set, then give the set back

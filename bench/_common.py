@@ -65,6 +65,7 @@ class Row:
             "median": self.median,
             "p10": self.quantile(0.10),
             "p90": self.quantile(0.90),
+            "p99": self.quantile(0.99),
             "mean": statistics.fmean(self.samples),
             "baseline": self.baseline,
             "ratio": self.ratio,
@@ -169,6 +170,7 @@ def render(rows: Sequence[Row], meta: dict[str, Any], console: Console, *, title
     table.add_column("measurement")
     table.add_column("median", justify="right")
     table.add_column("p90", justify="right")
+    table.add_column("p99", justify="right")
     table.add_column("n", justify="right")
     table.add_column("ratio", justify="right")
     table.add_column("DESIGN.md says")
@@ -176,13 +178,16 @@ def render(rows: Sequence[Row], meta: dict[str, Any], console: Console, *, title
     for row in rows:
         group, previous = ("" if row.group == previous else row.group), row.group
         ratio = "baseline" if row.ratio is None else f"{row.ratio:.2f}x"
-        # A rate is one sample per round, not per op: its p90 means little.
-        p90 = "-" if row.unit == "ops/s" else show(row.quantile(0.9), row.unit)
+        # A rate is one sample per round, not per op: its quantiles mean little.
+        rate = row.unit == "ops/s"
+        p90 = "-" if rate else show(row.quantile(0.9), row.unit)
+        p99 = "-" if rate else show(row.quantile(0.99), row.unit)
         table.add_row(
             group,
             row.name,
             show(row.median, row.unit),
             p90,
+            p99,
             str(len(row.samples)),
             ratio,
             row.design,

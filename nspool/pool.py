@@ -98,13 +98,15 @@ class _Creator:
     check every namespace link against home (the hook may have moved the
     thread anywhere). Only for kinds in :data:`_IN_PLACE`."""
 
-    def __init__(self, kinds: Kind) -> None:
-        self.in_place = not kinds & ~_IN_PLACE
+    def __init__(self, kinds: Kind, *, in_place: bool) -> None:
+        self.in_place = in_place and not kinds & ~_IN_PLACE
         self.kinds = kinds
         self.home: dict[Kind, int] = {}
         self.home_ids: dict[Kind, int] = {}
         self.ns_dir = -1
         self.buf = ctypes.create_string_buffer(64)
+        #: Why this thread could not go home after a set, if it could not.
+        self.stranded: str | None = None
         if not self.in_place:
             return
         self.ns_dir = os.open(_THREAD_NS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -133,14 +135,24 @@ class _Creator:
                 s.close()
             else:
                 _close_fds(fds.values())
-            self._go_home()
+            self._try_home(kinds)
             raise
-        self._go_home()
+        self._try_home(kinds)
         return s
 
-    def _go_home(self) -> None:
+    def _try_home(self, kinds: Kind) -> None:
+        """Go home; if that fails, the set just made is still good, but this
+        thread is not: say so in :attr:`stranded` for the creator loop."""
         try:
-            for kind in _IN_PLACE.singles():
+            self._go_home(kinds)
+        except _Stranded as exc:
+            self.stranded = str(exc)
+
+    def _go_home(self, kinds: Kind) -> None:
+        """Back home in ``kinds`` by fd, then check every link: the hook may
+        have moved the thread in other kinds too."""
+        try:
+            for kind in kinds.singles():
                 _sys.setns(self.home[kind], kind)
             for kind, ino in self.home_ids.items():
                 name = kind.for_children_name.encode()
@@ -180,9 +192,10 @@ def _default_hook(kinds: Kind) -> Callable[[NamespaceSet], object] | None:
 
 def net_state() -> tuple[object, ...]:
     """What a tenant may leave behind in the calling thread's netns: links
-    and their flags, addresses, routes, and firewall state (iptables tables
-    in use; the nftables ruleset where ``nft`` is installed). Compared by
-    the pool before it reuses a recycled set."""
+    (from the netns's own ``/proc/thread-self/net/dev``; ``/sys/class/net``
+    shows the mounter's), addresses, routes, and firewall state (iptables
+    tables in use; the nftables ruleset where ``nft`` is installed). Compared
+    by the pool before it reuses a recycled set."""
     files = []
     for name in ("dev", "if_inet6", "route", "ipv6_route", "fib_trie", "ip_tables_names"):
         try:
@@ -250,6 +263,8 @@ class Pool:
         self._leased: set[NamespaceSet] = set()
         self._baseline: dict[NamespaceSet, object] = {}
         self._creating = 0
+        self._recycling = 0
+        self._in_place = True
         self._running = False
         self._closed = False
         self._threads: list[threading.Thread] = []
@@ -277,8 +292,8 @@ class Pool:
             self._threads.append(
                 threading.Thread(target=self._close_loop, name="nspool-closer", daemon=True)
             )
-        for thread in self._threads:
-            thread.start()
+            for thread in self._threads:
+                thread.start()
         return self
 
     def close(self) -> None:
@@ -371,14 +386,20 @@ class Pool:
             self._leased.discard(s)
             baseline = self._baseline.pop(s, None)
             reuse = self._recycle is not None and not self._closed and not s.closed
-        if reuse and self._reset_holds(s, baseline):
-            with self._lock:
-                if not self._closed:
-                    self._baseline[s] = baseline
-                    self._ready.append(s)
-                    self._recycled += 1
-                    self._changed.notify_all()
-                    return
+            if reuse:
+                self._recycling += 1
+        if not reuse:
+            self._discard(s)
+            return
+        held = self._reset_holds(s, baseline)
+        with self._lock:
+            self._recycling -= 1
+            self._changed.notify_all()
+            if held and not self._closed:
+                self._baseline[s] = baseline
+                self._ready.append(s)
+                self._recycled += 1
+                return
         self._discard(s)
 
     def lease(self, timeout: float | None = None) -> Lease:
@@ -431,7 +452,7 @@ class Pool:
         return self._closed
 
     def _total(self) -> int:
-        return len(self._ready) + len(self._leased) + self._creating
+        return len(self._ready) + len(self._leased) + self._creating + self._recycling
 
     def _workers_or_default(self) -> Workers:
         return self._workers if self._workers is not None else default_workers()
@@ -494,26 +515,39 @@ class Pool:
         """A creator thread: keep ``warm`` sets ready, backing off after
         failures. A creator whose thread cannot be trusted any more (the
         hook moved it and it could not go home) starts a fresh one and ends."""
-        creator = _Creator(self.kinds)
+        creator = _Creator(self.kinds, in_place=self._in_place)
         try:
             self._create_until_stopped(creator)
         except _Stranded as exc:
+            # The thread is not trusted any more; its replacement makes sets
+            # on throwaway helper threads from now on (a process in its own
+            # user namespace, for one, can never setns back home).
             logger.warning("nspool pool: creator thread replaced: %s", exc)
             with self._lock:
-                self._creating -= 1
+                self._in_place = False
+                self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
+                self._changed.notify_all()
                 if not self._running:
                     return
                 fresh = threading.Thread(
                     target=self._create_loop, name=threading.current_thread().name, daemon=True
                 )
                 self._threads.append(fresh)
-            fresh.start()
+                # Started under the lock, so start() and close() never see
+                # it unstarted.
+                fresh.start()
         finally:
             creator.close()
 
     def _create_until_stopped(self, creator: _Creator) -> None:
         while True:
             with self._lock:
+                # After a failure, wait out the back-off first, uncounted, so
+                # that a taker at max_sets can try (and see the error) itself;
+                # close() ends the wait.
+                until = time.monotonic() + self._backoff
+                while self._running and (left := until - time.monotonic()) > 0:
+                    self._changed.wait(left)
                 while self._running and (
                     len(self._ready) + self._creating >= self.warm
                     or (self.max_sets is not None and self._total() >= self.max_sets)
@@ -522,28 +556,26 @@ class Pool:
                 if not self._running:
                     return
                 self._creating += 1
-                backoff = self._backoff
-            if backoff:
-                time.sleep(backoff)
             try:
                 s = self._make(creator)
-            except _Stranded:
-                raise
             except Exception as exc:
                 logger.warning("nspool pool: creating a %s set failed: %s", self.kinds, exc)
                 with self._lock:
                     self._creating -= 1
                     self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
                     self._changed.notify_all()
-                continue
-            with self._lock:
-                self._creating -= 1
-                self._backoff = 0.0
-                if not self._is_closed():
-                    self._ready.append(s)
-                    self._changed.notify_all()
-                    continue
-            s.close()
+            else:
+                with self._lock:
+                    self._creating -= 1
+                    self._backoff = 0.0
+                    keep = not self._is_closed()
+                    if keep:
+                        self._ready.append(s)
+                        self._changed.notify_all()
+                if not keep:
+                    s.close()
+            if creator.stranded:
+                raise _Stranded(creator.stranded)
 
     def _close_loop(self) -> None:
         """The closer thread: close discarded sets one at a time, spaced so

@@ -46,6 +46,7 @@ from typing import TypeVar
 from rich.console import Console
 
 from nspool import Kind, NamespaceSet, _sys
+from nspool.net import loopback_up
 
 from ._common import (
     RESULTS_DIR,
@@ -155,10 +156,13 @@ def nspool_create_close(n: int) -> list[float]:
     return out
 
 
-def create_rate(threads: int, per_thread: int, home_fd: int) -> dict[str, float]:
+def create_rate(
+    threads: int, per_thread: int, home_fd: int, *, lo_up: bool = False
+) -> dict[str, float]:
     """``threads`` threads each create+destroy ``per_thread`` netns: unshare,
-    open the new one, setns back home, close it. Returns the loop's wall time
-    from the common start to the last thread's end, and that end."""
+    open the new one (and bring its ``lo`` up, with ``lo_up``), setns back
+    home, close it. Returns the loop's wall time from the common start to the
+    last thread's end, and that end."""
     barrier = threading.Barrier(threads + 1)
     ends: list[float] = []
     errors: list[BaseException] = []
@@ -170,6 +174,8 @@ def create_rate(threads: int, per_thread: int, home_fd: int) -> dict[str, float]
                 check(c_unshare(CLONE_NEWNET), "unshare")
                 fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 try:
+                    if lo_up:
+                        loopback_up()
                     check(c_setns(home_fd, CLONE_NEWNET), "setns home")
                 finally:
                     os.close(fd)

@@ -4,7 +4,8 @@
 
 (a) the ceiling: a raw loop of ctypes ``unshare(CLONE_NEWNET)``, open
     ``/proc/thread-self/ns/net``, ``setns`` back home, close, on 1 and on 2
-    threads (``bench.kernel_costs.create_rate``);
+    threads (``bench.kernel_costs.create_rate``); and the same loop bringing
+    ``lo`` up in each netns, the ceiling for pools that do;
 (b) sustained throughput: a taker doing ``pool.put(pool.get())`` as fast as
     it can for N requests, with 1 and 2 creator threads, with a no-op
     after-create hook and with the default one (``lo`` up); interleaved in
@@ -12,7 +13,8 @@
     the trickling closer costs at full tilt, 2 creators with every discarded
     set closed at once. Rates count only requests, over the taker's loop and
     until the kernel has freed every netns dropped so far (a veth witness:
-    ``ip`` is needed for those rows). Ratios are against the faster raw loop;
+    ``ip`` is needed for those rows). Ratios are against the faster raw loop
+    (with ``lo`` up for the pools that bring it up);
     the JSON has them against each, and 2 creators against 1;
 (c) acquisition latency (the time ``pool.get()`` takes) at a paced demand of
     one request every 2 ms, below the refill rate: from a warm pool against
@@ -167,7 +169,7 @@ class Rates:
 
 
 def raw_variant(
-    threads: int, sizes: Sizes, home_fd: int, out: Rates
+    threads: int, sizes: Sizes, home_fd: int, out: Rates, *, lo_up: bool = False
 ) -> Callable[[int], list[float]]:
     per_thread = sizes.rate_requests // threads
     n = per_thread * threads
@@ -177,7 +179,7 @@ def raw_variant(
         for _ in range(runs):
             settle(sizes.settle_max)
             start = time.perf_counter()
-            result = create_rate(threads, per_thread, home_fd)
+            result = create_rate(threads, per_thread, home_fd, lo_up=lo_up)
             rates.append(n / result["wall"])
             gone = all_freed(timeout=30.0)
             if gone is not None:
@@ -236,12 +238,15 @@ POOL_VARIANTS: tuple[tuple[str, str, int, Hook, float], ...] = (
 
 def bench_rates(sizes: Sizes, workers: Workers, console: Console) -> list[Row]:
     console.print("(a), (b) sustained fresh netns per request ...")
-    results = {key: Rates() for key in ("raw1", "raw2", *(v[0] for v in POOL_VARIANTS))}
+    raw_keys = ("raw1", "raw2", "raw1 lo", "raw2 lo")
+    results = {key: Rates() for key in (*raw_keys, *(v[0] for v in POOL_VARIANTS))}
     home_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         variants = {
             "raw1": raw_variant(1, sizes, home_fd, results["raw1"]),
             "raw2": raw_variant(2, sizes, home_fd, results["raw2"]),
+            "raw1 lo": raw_variant(1, sizes, home_fd, results["raw1 lo"], lo_up=True),
+            "raw2 lo": raw_variant(2, sizes, home_fd, results["raw2 lo"], lo_up=True),
         }
         for key, _, creators, hook, interval in POOL_VARIANTS:
             variants[key] = pool_variant(creators, hook, interval, sizes, workers, results[key])
@@ -252,25 +257,34 @@ def bench_rates(sizes: Sizes, workers: Workers, console: Console) -> list[Row]:
 
     rows: list[Row] = []
     for what, attr in (("loop", "loop"), ("until freed", "freed")):
-        raw = {
-            t: Row(
-                "a",
-                f"raw loop, {t} thread{'s' if t > 1 else ''}: {what}",
-                "ops/s",
-                getattr(results[f"raw{t}"], attr),
-                design="~1.4-1.6k/s on 2 cores" if (t, attr) == (2, "freed") else "",
-                extra={"requests": sizes.rate_requests},
-            )
-            for t in (1, 2)
-            if getattr(results[f"raw{t}"], attr)
-        }
-        if not raw:
+        ceilings: dict[bool, Row] = {}
+        raws: dict[bool, dict[int, Row]] = {}
+        for lo in (False, True):
+            suffix = " lo" if lo else ""
+            raw = {
+                t: Row(
+                    "a",
+                    f"raw loop{', lo up' if lo else ''}, {t} thread{'s' if t > 1 else ''}: {what}",
+                    "ops/s",
+                    getattr(results[f"raw{t}{suffix}"], attr),
+                    design="~1.4-1.6k/s on 2 cores" if (t, attr, lo) == (2, "freed", False) else "",
+                    extra={"requests": sizes.rate_requests},
+                )
+                for t in (1, 2)
+                if getattr(results[f"raw{t}{suffix}"], attr)
+            }
+            if raw:
+                # The ceiling is the faster raw loop.
+                ceilings[lo] = max(raw.values(), key=lambda row: row.median)
+                raws[lo] = raw
+                rows += raw.values()
+        if not ceilings:
             continue  # no `ip`: no "until freed" rows
-        # The ceiling is the faster raw loop.
-        ceiling = max(raw.values(), key=lambda row: row.median)
-        rows += raw.values()
         by_key: dict[str, Row] = {}
-        for key, label, creators, _, _ in POOL_VARIANTS:
+        for key, label, creators, hook, _ in POOL_VARIANTS:
+            # Pools bringing lo up are held to the raw loop that does too.
+            lo = hook is None
+            ceiling, raw = ceilings[lo], raws[lo]
             res = results[key]
             samples: list[float] = getattr(res, attr)
             if not samples:

@@ -226,6 +226,13 @@ class Pool:
     ``max_sets`` bounds ready + leased + being created; ``get`` waits at the
     bound. ``creators`` background threads create in parallel.
 
+    Sizing ``warm``: it must cover the demand during a stall of creation.
+    On these machines two creators refill about 1,700 netns a second (with
+    ``lo`` up) and a burst of hundreds of discarded sets delays a creation by
+    up to ~15-30 ms, so ``warm`` of about demand-per-second / 50 (and at
+    least 16) rides one out; each live netns costs about 200 KiB of kernel
+    memory (``bench/``).
+
     Use ``with Pool(...) as pool:`` (or :meth:`start`/:meth:`close`). All
     methods may be called from any thread.
     """

@@ -7,6 +7,7 @@ Benchmarks are run as modules from the repository root
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import gc
@@ -14,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -194,6 +196,44 @@ def render(rows: Sequence[Row], meta: dict[str, Any], console: Console, *, title
             end_section=row is not rows[-1] and rows[rows.index(row) + 1].group != row.group,
         )
     console.print(table)
+
+
+def run_main(
+    argv: list[str] | None,
+    *,
+    name: str,
+    doc: str | None,
+    title: str,
+    quick: Any,
+    full: Any,
+    measure: Callable[[Any, Console], list[Row]],
+) -> int:
+    """The command line every benchmark shares: ``--quick`` picks the
+    ``quick`` sizes over ``full``, ``--out`` the JSON path (default
+    ``bench/results/NAME.json``); needs root; measures, prints, writes."""
+    default_out = RESULTS_DIR / f"{name}.json"
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument("--out", type=Path, default=default_out, help=f"JSON ({default_out})")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print(f"bench.{name} needs root (it creates namespaces)", file=sys.stderr)
+        return 1
+    sizes = quick if args.quick else full
+    console = make_console()
+    started, start = time.time(), time.perf_counter()
+    rows = measure(sizes, console)
+    report(
+        rows,
+        title=title,
+        sizes=sizes,
+        quick=args.quick,
+        started=started,
+        elapsed=time.perf_counter() - start,
+        out=args.out,
+        console=console,
+    )
+    return 0
 
 
 def report(

@@ -26,7 +26,6 @@ asynchronously, so the run waits for the CPUs to go quiet between phases.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import contextlib
 import ctypes
@@ -36,11 +35,9 @@ import os
 import queue
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TypeVar
 
 from rich.console import Console
@@ -49,13 +46,11 @@ from nspool import Kind, NamespaceSet, _sys
 from nspool.net import loopback_up
 
 from ._common import (
-    RESULTS_DIR,
     Row,
     interleave,
-    make_console,
     no_gc,
     on_thread,
-    report,
+    run_main,
     settle,
 )
 
@@ -65,7 +60,6 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 
-RESULTS = RESULTS_DIR / "kernel_costs.json"
 
 # The raw baseline: what a user writes by hand, with its own libc handle.
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -577,18 +571,7 @@ def bench_memory(sizes: Sizes, console: Console) -> list[Row]:
 # -- report ---------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a short run (under ~10 s)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON output ({RESULTS})")
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("kernel_costs needs root (it creates network namespaces)", file=sys.stderr)
-        return 1
-    sizes = QUICK if args.quick else FULL
-    console = make_console()
-    started = time.time()
-    start = time.perf_counter()
+def measure(sizes: Sizes, console: Console) -> list[Row]:
     rows: list[Row] = []
     rows += bench_create(sizes, console)
     settle(sizes.settle_max)
@@ -597,17 +580,19 @@ def main(argv: list[str] | None = None) -> int:
     rows += bench_hop(sizes, console)
     settle(sizes.settle_max)
     rows += bench_memory(sizes, console)
-    report(
-        rows,
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(
+        argv,
+        name="kernel_costs",
+        doc=__doc__,
         title="kernel costs",
-        sizes=sizes,
-        quick=args.quick,
-        started=started,
-        elapsed=time.perf_counter() - start,
-        out=args.out,
-        console=console,
+        quick=QUICK,
+        full=FULL,
+        measure=measure,
     )
-    return 0
 
 
 if __name__ == "__main__":

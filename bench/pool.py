@@ -34,25 +34,20 @@ once the CPUs are quiet.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from rich.console import Console
 
 from nspool import Kind, NamespaceSet, Pool, Workers
 from nspool import pool as nspool_pool
 
-from ._common import RESULTS_DIR, Row, interleave, make_console, no_gc, report, settle
+from ._common import Row, interleave, no_gc, run_main, settle
 from .kernel_costs import all_freed, create_rate
-
-RESULTS = RESULTS_DIR / "pool.json"
 
 #: The library's trickle, read before any variant changes it.
 TRICKLE = nspool_pool.CLOSE_INTERVAL
@@ -485,17 +480,7 @@ def bench_burst(sizes: Sizes, workers: Workers, console: Console) -> list[Row]:
 # -- report ------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a short run (under ~30 s)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON output ({RESULTS})")
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench.pool needs root (it creates network namespaces)", file=sys.stderr)
-        return 1
-    sizes = QUICK if args.quick else FULL
-    console = make_console()
-    started, start = time.time(), time.perf_counter()
+def measure(sizes: Sizes, console: Console) -> list[Row]:
     rows: list[Row] = []
     workers = Workers()
     try:
@@ -505,17 +490,19 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_burst(sizes, workers, console)
     finally:
         workers.shutdown()
-    report(
-        rows,
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(
+        argv,
+        name="pool",
+        doc=__doc__,
         title="nspool Pool: fresh netns per request",
-        sizes=sizes,
-        quick=args.quick,
-        started=started,
-        elapsed=time.perf_counter() - start,
-        out=args.out,
-        console=console,
+        quick=QUICK,
+        full=FULL,
+        measure=measure,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -27,18 +27,15 @@ Needs root.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -46,16 +43,12 @@ from rich.console import Console
 from nspool import Kind, NamespaceSet, Workers, workers
 
 from ._common import (
-    RESULTS_DIR,
     Row,
     interleave,
-    make_console,
     no_gc,
     on_thread,
-    report,
+    run_main,
 )
-
-RESULTS = RESULTS_DIR / "workers.json"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _c_setns = _libc.setns
@@ -332,17 +325,7 @@ def pinned_to_one_cpu() -> Iterator[int]:
         os.sched_setaffinity(0, before)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a short run (about 15 s)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON output ({RESULTS})")
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench.workers needs root (it creates network namespaces)", file=sys.stderr)
-        return 1
-    sizes = QUICK if args.quick else FULL
-    console = make_console()
-    started, start = time.time(), time.perf_counter()
+def measure(sizes: Sizes, console: Console) -> list[Row]:
     rows: list[Row] = []
     with NamespaceSet.unshare(Kind.NET) as s:
         rows += one_at_a_time(s, sizes, console, group="a", pinned=False)
@@ -351,17 +334,19 @@ def main(argv: list[str] | None = None) -> int:
         rows += in_flight(s, sizes, console)
         rows += inline(s, sizes, console)
         rows += busy(s, sizes, console)
-    report(
-        rows,
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(
+        argv,
+        name="workers",
+        doc=__doc__,
         title="nspool workers: per-call overhead",
-        sizes=sizes,
-        quick=args.quick,
-        started=started,
-        elapsed=time.perf_counter() - start,
-        out=args.out,
-        console=console,
+        quick=QUICK,
+        full=FULL,
+        measure=measure,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -729,6 +729,20 @@ class NamespaceSet:
 
         return default_workers().run_sync(self, fn, *args, **kwargs)
 
+    async def run(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Await ``fn(*args, **kwargs)`` run on a worker thread inside this
+        set (the default ``Workers``), from asyncio or Trio, without blocking
+        the event loop; see :func:`nspool.aio.run_in`.
+
+        Cancellation: the awaiting task is cancelled at once; a call still
+        queued never runs; a running one finishes in the background and its
+        result is dropped.
+        """
+        # The async front end sits layers below; looked up at call time.
+        from .aio import run_in
+
+        return await run_in(None, self, fn, *args, **kwargs)
+
     # -- persistence -----------------------------------------------------------
 
     def persist(self, name: str) -> str:

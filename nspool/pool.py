@@ -185,6 +185,23 @@ class Lease:
         if s is not None:
             self._pool.put(s)
 
+    async def __aenter__(self) -> NamespaceSet:
+        """Take a set without blocking the event loop (a miss is made on a
+        thread)."""
+        from .aio import pool_take
+
+        if self._set is not None:
+            raise RuntimeError("a Lease is entered once")
+        self._set = await pool_take(self._pool)
+        return self._set
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        from .aio import pool_give_back
+
+        s, self._set = self._set, None
+        if s is not None:
+            await pool_give_back(self._pool, s)
+
 
 def _default_hook(kinds: Kind) -> Callable[[NamespaceSet], object] | None:
     return (lambda _s: loopback_up()) if kinds & Kind.NET else None
@@ -331,6 +348,32 @@ class Pool:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Pool:
+        return self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close the pool on a thread (joining its threads blocks),
+        shielded from cancellation so that nothing is left behind."""
+        import anyio
+        import anyio.to_thread
+
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.close)
+
+    async def run(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Await ``fn(*args, **kwargs)`` on a worker inside a fresh set,
+        then give the set back; asyncio or Trio. See
+        :func:`nspool.aio.pool_run`.
+
+        Cancellation: the awaiting task is cancelled at once; a callable
+        already running finishes in the background and its set is thrown
+        away, never reused.
+        """
+        # The async front end is the next layer down; looked up at call time.
+        from .aio import pool_run
+
+        return await pool_run(self, fn, *args, **kwargs)
+
     # -- taking sets ------------------------------------------------------------------
 
     def get(self, timeout: float | None = None) -> NamespaceSet:
@@ -407,6 +450,27 @@ class Pool:
                 self._ready.append(s)
                 self._recycled += 1
                 return
+        self._discard(s)
+
+    def _take_ready(self) -> NamespaceSet | None:
+        """A ready set (a hit) if there is one, else ``None``; never blocks."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the pool is closed")
+            if not self._ready:
+                return None
+            s = self._ready.popleft()
+            self._leased.add(s)
+            self._hits += 1
+            self._changed.notify_all()
+            return s
+
+    def _drop(self, s: NamespaceSet) -> None:
+        """Take back a leased set that must not be reused (its call was
+        abandoned): thrown away, never recycled. Any thread."""
+        with self._lock:
+            self._leased.discard(s)
+            self._baseline.pop(s, None)
         self._discard(s)
 
     def lease(self, timeout: float | None = None) -> Lease:

@@ -198,7 +198,9 @@ class _Call:
     def deliver(self) -> None:
         future, error = self.future, self.error
         if future is not None:
-            if error is not None:
+            if future.cancelled():
+                pass  # withdrawn before it ran: nobody takes an outcome
+            elif error is not None:
                 future.set_exception(error)
             else:
                 future.set_result(self.result)

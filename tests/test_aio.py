@@ -1,0 +1,178 @@
+"""The async front end on asyncio and Trio (anyio's pytest plugin runs each
+test on both): results, exceptions, the loop kept free, cancellation, and
+the pool's ``async with`` forms."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from nspool import Kind, NamespaceSet, Pool, Workers, aio, workers
+
+from .conftest import thread_ns, wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def pool_workers() -> Iterator[Workers]:
+    """A Workers for the test, shut down (threads joined) after it."""
+    w = Workers()
+    yield w
+    w.shutdown(wait=True)
+
+
+@pytest.fixture
+def fresh_default() -> Iterator[None]:
+    """Shut the default Workers down after the test."""
+    yield
+    with workers._default_lock:
+        default, workers._default = workers._default, None
+    if default is not None:
+        default.shutdown(wait=True)
+
+
+async def test_run_returns_inside_the_set(fresh_default: None) -> None:
+    """await s.run(fn) runs fn in the set and returns its result; exceptions
+    and the caller's contextvars come through."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var")
+    var.set("task's")
+    with NamespaceSet.unshare(Kind.NET) as s:
+        assert await s.run(thread_ns, "net") == f"net:[{s.id(Kind.NET)}]"
+        assert await s.run(var.get) == "task's"
+        with pytest.raises(ZeroDivisionError):
+            await s.run(lambda: 1 / 0)
+
+
+async def test_many_awaits_at_once(pool_workers: Workers) -> None:
+    """Hundreds of awaits gathered over several sets each get their own
+    set's answer."""
+    sets = [NamespaceSet.unshare(Kind.NET) for _ in range(4)]
+    results: dict[int, tuple[int, str]] = {}
+    try:
+
+        async def one(i: int) -> None:
+            s = sets[i % len(sets)]
+            results[i] = (i, await aio.run_in(pool_workers, s, thread_ns, "net"))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(400):
+                tg.start_soon(one, i)
+        for i, (_, net) in results.items():
+            assert net == f"net:[{sets[i % len(sets)].id(Kind.NET)}]"
+        assert len(results) == 400
+    finally:
+        for s in sets:
+            s.close()
+
+
+async def test_the_loop_is_not_blocked(pool_workers: Workers) -> None:
+    """While a call runs on its thread the loop keeps serving other tasks."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0.01)
+
+    with NamespaceSet.unshare(Kind.UTS) as s:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await aio.run_in(pool_workers, s, time.sleep, 0.3)
+            tg.cancel_scope.cancel()
+    assert ticks >= 10
+
+
+async def test_cancellation_is_immediate_and_the_call_finishes(pool_workers: Workers) -> None:
+    """A cancelled await returns at once; the running callable finishes in
+    the background; nothing is left behind."""
+    finished = threading.Event()
+
+    def slow() -> str:
+        time.sleep(0.3)
+        finished.set()
+        return "done"
+
+    with NamespaceSet.unshare(Kind.NET) as s:
+        started = time.monotonic()
+        with anyio.move_on_after(0.05):
+            await aio.run_in(pool_workers, s, slow)
+        assert time.monotonic() - started < 0.25
+        assert not finished.is_set()
+        assert await anyio.to_thread.run_sync(finished.wait, 5)
+    assert wait_until(lambda: pool_workers.stats().idle == pool_workers.stats().threads)
+
+
+async def test_cancellation_storm(pool_workers: Workers) -> None:
+    """Thousands of awaits cancelled together: queued calls are withdrawn,
+    running ones finish, no thread or fd leaks (checked by no_leaks)."""
+    with NamespaceSet.unshare(Kind.NET) as s:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                for _ in range(2000):
+                    tg.start_soon(aio.run_in, pool_workers, s, time.sleep, 0.001)
+                await anyio.sleep(0.01)
+                scope.cancel()
+        assert wait_until(lambda: pool_workers.stats().queued == 0, timeout=20)
+        assert wait_until(
+            lambda: pool_workers.stats().idle == pool_workers.stats().threads, timeout=20
+        )
+        assert pool_workers.stats().calls < 2000 or pool_workers.stats().queued == 0
+        assert await aio.run_in(pool_workers, s, lambda: "still fine") == "still fine"
+
+
+async def test_pool_run_and_lease(pool_workers: Workers) -> None:
+    """async with pool; await pool.run(fn) runs each call in a fresh set;
+    async with pool.lease() holds one set for several calls."""
+    async with Pool(Kind.NET, warm=4, workers=pool_workers) as pool:
+        a = await pool.run(thread_ns, "net")
+        b = await pool.run(thread_ns, "net")
+        assert a != b
+        async with pool.lease() as s:
+            first = await aio.run_in(pool_workers, s, thread_ns, "net")
+            assert await aio.run_in(pool_workers, s, thread_ns, "net") == first
+            assert pool.stats().leased == 1
+        assert pool.stats().leased == 0
+        assert pool.stats().discarded >= 3
+    assert pool.stats().ready == 0
+
+
+async def test_cancelled_pool_run_throws_its_set_away(pool_workers: Workers) -> None:
+    """A pool call abandoned while running: its set is thrown away when the
+    call finishes, never handed out again."""
+    seen: list[str] = []
+    gate = threading.Event()
+
+    def hold() -> None:
+        seen.append(thread_ns("net"))
+        gate.wait(5)
+
+    async with Pool(Kind.NET, warm=2, workers=pool_workers) as pool:
+        with anyio.move_on_after(0.05):
+            await pool.run(hold)
+        assert pool.stats().leased == 1
+        gate.set()
+        assert wait_until(lambda: pool.stats().leased == 0)
+        for _ in range(5):
+            assert await pool.run(thread_ns, "net") != seen[0]
+
+
+async def test_run_from_a_closed_pool(pool_workers: Workers) -> None:
+    """A closed pool refuses."""
+    pool = Pool(Kind.NET, warm=1, workers=pool_workers)
+    async with pool:
+        pass
+    with pytest.raises(RuntimeError, match="closed"):
+        await pool.run(os.getpid)

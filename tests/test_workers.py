@@ -610,3 +610,27 @@ def test_same_cpu_moves_the_worker_to_the_submitter() -> None:
     affinity, net, ino = on_thread(submit_from_one_cpu)
     assert len(affinity) == 1
     assert net == f"net:[{ino}]"
+
+
+def test_futures_cancelled_while_queued_never_run() -> None:
+    """Futures cancelled in the queue are skipped; the worker that meets them
+    keeps serving (it once died delivering to a cancelled future)."""
+    w = Workers(max_workers=1)
+    try:
+        gate = threading.Event()
+        ran: list[int] = []
+        with NamespaceSet.unshare(Kind.NET) as s:
+            first = w.submit_in(s, gate.wait, 10)
+            queued = [w.submit_in(s, ran.append, i) for i in range(6)]
+            for f in queued[::2]:
+                assert f.cancel()
+            gate.set()
+            assert first.result(timeout=10) is True
+            for f in queued[1::2]:
+                f.result(timeout=10)
+            assert sorted(ran) == [1, 3, 5]
+            assert w.run_sync(s, lambda: "alive") == "alive"
+        st = w.stats()
+        assert (st.threads, st.discarded, st.queued) == (1, 0, 0)
+    finally:
+        w.shutdown()

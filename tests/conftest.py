@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import pytest
 
-from nspool import NamespaceSet, _sys, nsset
+from nspool import NamespaceSet, _sys, nsset, workers
 
 T = TypeVar("T")
 
@@ -161,3 +161,14 @@ def witness() -> Iterator[Callable[[NamespaceSet], Witness]]:
     yield plant
     for w in made:
         w.remove()
+
+
+@pytest.fixture
+def fresh_default() -> Iterator[None]:
+    """Shut the lazily made default Workers down after the test, so that
+    its threads end before the leak check."""
+    yield
+    with workers._default_lock:
+        default, workers._default = workers._default, None
+    if default is not None:
+        default.shutdown(wait=True)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from nspool import Kind, NamespaceSet, Pool, Workers, aio, workers
+from nspool import Kind, NamespaceSet, Pool, Workers, aio
 
 from .conftest import thread_ns, wait_until
 
@@ -31,16 +31,6 @@ def pool_workers() -> Iterator[Workers]:
     w = Workers()
     yield w
     w.shutdown(wait=True)
-
-
-@pytest.fixture
-def fresh_default() -> Iterator[None]:
-    """Shut the default Workers down after the test."""
-    yield
-    with workers._default_lock:
-        default, workers._default = workers._default, None
-    if default is not None:
-        default.shutdown(wait=True)
 
 
 async def test_run_returns_inside_the_set(fresh_default: None) -> None:

@@ -62,16 +62,6 @@ def pool(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
         w.shutdown(wait=True)
 
 
-@pytest.fixture
-def fresh_default() -> Iterator[None]:
-    """Shut the default Workers down after the test, so its threads end."""
-    yield
-    with workers._default_lock:
-        default, workers._default = workers._default, None
-    if default is not None:
-        default.shutdown(wait=True)
-
-
 def expected_links(s: NamespaceSet, home: dict[str, str]) -> dict[str, str]:
     ids = s.ids()
     out = dict(home)

@@ -3,9 +3,10 @@
     python -m bench.aio [--quick] [--out PATH]
 
 (a) one await at a time, each timed: ``await s.run(noop)`` (a netns, the
-    default front end) against ``await loop.run_in_executor(pool, noop)``
-    with a ``ThreadPoolExecutor`` and against ``anyio.to_thread.run_sync``;
-(b) N awaits gathered at once, per call: the same three.
+    default front end, and with ``Workers(same_cpu=True)``) against
+    ``await loop.run_in_executor(pool, noop)`` with a ``ThreadPoolExecutor``
+    and against ``anyio.to_thread.run_sync``;
+(b) N awaits gathered at once, per call: the same four.
 
 Each variant runs in its own event loop, interleaved in rounds. Prints a
 table of medians and ratios; writes ``bench/results/aio.json``. Needs root.
@@ -84,6 +85,7 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
     rows: list[Row] = []
     pool = concurrent.futures.ThreadPoolExecutor()
     workers = Workers()
+    same_cpu = Workers(same_cpu=True)
     with NamespaceSet.unshare(Kind.NET) as s:
 
         def executor() -> Callable[[], Awaitable[object]]:
@@ -96,7 +98,15 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
         def nspool_run() -> Callable[[], Awaitable[object]]:
             return lambda: aio.run_in(workers, s, noop)
 
-        makers = {"executor": executor, "anyio": to_thread, "nspool": nspool_run}
+        def nspool_same_cpu() -> Callable[[], Awaitable[object]]:
+            return lambda: aio.run_in(same_cpu, s, noop)
+
+        makers = {
+            "executor": executor,
+            "anyio": to_thread,
+            "nspool": nspool_run,
+            "same cpu": nspool_same_cpu,
+        }
         try:
             for group, timed, total, label in (
                 ("a", one_at_a_time, sizes.single, "one at a time"),
@@ -131,9 +141,17 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
                         base.name,
                         design="goal <= 0.85x" if group == "a" else "goal <= 0.5x",
                     ),
+                    Row(
+                        group,
+                        f"await s.run(noop), Workers(same_cpu=True), {label}",
+                        "us",
+                        samples["same cpu"],
+                        base.name,
+                    ),
                 ]
         finally:
             workers.shutdown()
+            same_cpu.shutdown()
             pool.shutdown()
     return rows
 

@@ -76,9 +76,8 @@ _asyncio_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] =
 _trio_inbox: Any = None  # a trio.lowlevel.RunVar, made on first use
 
 
-def _inbox() -> _Inbox:
+def _inbox(library: str) -> _Inbox:
     """The inbox of the running event loop (made on first use)."""
-    library = sniffio.current_async_library()
     if library == "asyncio":
         loop = asyncio.get_running_loop()
         inbox = _asyncio_inboxes.get(loop)
@@ -105,11 +104,24 @@ async def _wait_done(future: Future[Any], on_abandon: Callable[[], None] | None)
     is cancelled, the call is withdrawn if still queued (``future`` then
     reports cancelled); otherwise ``on_abandon`` runs once it finishes (on
     the worker thread, or at once if it just did)."""
-    inbox = _inbox()
-    event = anyio.Event()
-    future.add_done_callback(lambda _f: inbox.deliver(event.set))
+    library = sniffio.current_async_library()
+    inbox = _inbox(library)
     try:
-        await event.wait()
+        if library == "asyncio":
+            # A bare asyncio future: cheaper than an anyio.Event, and anyio's
+            # cancel scopes cancel the task awaiting it all the same.
+            waiter = asyncio.get_running_loop().create_future()
+
+            def wake() -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            future.add_done_callback(lambda _f: inbox.deliver(wake))
+            await waiter
+        else:
+            event = anyio.Event()
+            future.add_done_callback(lambda _f: inbox.deliver(event.set))
+            await event.wait()
     except BaseException:
         if not future.cancel() and on_abandon is not None:
             future.add_done_callback(lambda _f: on_abandon())

@@ -16,6 +16,8 @@ never reused, once it finishes.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 import weakref
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import sniffio
 
@@ -30,7 +33,14 @@ from .nsset import NamespaceSet
 from .pool import Pool
 from .workers import Workers, default_workers
 
-__all__ = ["pool_run", "run_in"]
+__all__ = [
+    "connect_tcp_in",
+    "create_tcp_listener_in",
+    "pool_run",
+    "resolve_in",
+    "run_in",
+    "socket_in",
+]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -190,3 +200,84 @@ async def pool_run(pool: Pool, fn: Callable[_P, _T], /, *args: _P.args, **kwargs
         raise  # else the abandoned call's set is dropped when it finishes
     await pool_give_back(pool, s)
     return future.result()
+
+
+# -- network ------------------------------------------------------------------------
+
+
+def socket_in(
+    s: NamespaceSet,
+    family: int = socket.AF_INET,
+    type: int = socket.SOCK_STREAM,
+    proto: int = 0,
+) -> socket.socket:
+    """A non-blocking socket that lives in ``s``'s netns, made on the
+    calling thread (a ``setns`` into the netns and back: microseconds, no
+    thread hop). Usable from the event loop like any socket."""
+    sock = s._call_in_netns(socket.socket, family, type, proto)
+    sock.setblocking(False)
+    return sock
+
+
+async def resolve_in(
+    s: NamespaceSet, host: str | None, port: int | str | None, *, type: int, flags: int = 0
+) -> list[tuple[Any, ...]]:
+    """``getaddrinfo`` on a worker inside ``s``: the resolver's files and
+    sockets are those of the set (asyncio's and anyio's ``getaddrinfo`` run
+    on executor threads outside it)."""
+    infos: list[tuple[Any, ...]] = await run_in(
+        None, s, socket.getaddrinfo, host, port, 0, type, 0, flags
+    )
+    return infos
+
+
+async def connect_tcp_in(s: NamespaceSet, host: str, port: int) -> anyio.abc.SocketStream:
+    """An anyio stream connected to ``host:port`` from ``s``'s netns; the
+    name is resolved inside the set, each address tried in turn."""
+    infos = await resolve_in(s, host, port, type=socket.SOCK_STREAM)
+    error: OSError | None = None
+    for family, type_, proto, _name, address in infos:
+        sock = socket_in(s, family, type_, proto)
+        try:
+            try:
+                sock.connect(address)
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise OSError(code, os.strerror(code), f"{host}:{port}") from None
+            return await anyio.abc.SocketStream.from_socket(sock)
+        except OSError as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise error if error is not None else OSError(f"no address for {host}:{port}")
+
+
+async def create_tcp_listener_in(
+    s: NamespaceSet,
+    local_host: str | None = None,
+    local_port: int = 0,
+    *,
+    backlog: int = 65536,
+    reuse_port: bool = False,
+) -> anyio.abc.SocketListener:
+    """An anyio listener bound in ``s``'s netns (the first address
+    ``local_host`` resolves to there; all interfaces if ``None``)."""
+    infos = await resolve_in(
+        s, local_host, local_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, type_, proto, _name, address = infos[0]
+    sock = socket_in(s, family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(min(backlog, socket.SOMAXCONN))
+        return await anyio.abc.SocketListener.from_socket(sock)
+    except BaseException:
+        sock.close()
+        raise

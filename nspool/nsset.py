@@ -25,12 +25,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket as _socket
 import subprocess
 import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    import anyio.abc
 
 from . import _sys
 from .errors import (
@@ -680,7 +684,6 @@ class NamespaceSet:
         and keeps them for the thread's life, so later calls cost two
         ``setns`` per kind.
         """
-        order = self._order
         if not self._inline_ok:
             outside = self._kinds & ~INLINE_KINDS
             raise UnsupportedKindError(
@@ -692,23 +695,57 @@ class NamespaceSet:
             )
         self._acquire()
         try:
-            back = [(kind, _way_back(kind)) for kind, _ in order]
-            entered = 0
-            stack = _thread.stack
-            try:
-                for kind, fd in order:
-                    _sys.setns(fd, kind)
-                    entered += 1
-                stack.append(self)
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    stack.pop()
-            finally:
-                for kind, fd in back[:entered]:
-                    _sys.setns(fd, kind)
+            return self._inline(self._order, True, fn, *args, **kwargs)
         finally:
             self._leave()
+
+    def _call_in_netns(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn`` on the calling thread inside this set's netns only (the
+        other kinds untouched), e.g. to make a socket there. A socket belongs
+        to the netns it was made in, whatever thread uses it later."""
+        self._acquire()
+        try:
+            order = tuple((k, fd) for k, fd in self._order if k is Kind.NET)
+            if not order:
+                raise KindError(
+                    errno.EINVAL,
+                    syscall="socket",
+                    kind=Kind.NET,
+                    detail=f"the set holds no network namespace ({self._kinds})",
+                )
+            return self._inline(order, False, fn, *args, **kwargs)
+        finally:
+            self._leave()
+
+    def _inline(
+        self,
+        order: tuple[tuple[Kind, int], ...],
+        push: bool,
+        fn: Callable[_P, _T],
+        /,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        """Enter ``order`` on the calling thread, call, go back by fd. Call
+        between :meth:`_acquire` and :meth:`_leave`; ``push`` makes the set
+        :func:`current` during the call."""
+        back = [(kind, _way_back(kind)) for kind, _ in order]
+        entered = 0
+        stack = _thread.stack
+        try:
+            for kind, fd in order:
+                _sys.setns(fd, kind)
+                entered += 1
+            if not push:
+                return fn(*args, **kwargs)
+            stack.append(self)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                stack.pop()
+        finally:
+            for kind, fd in back[:entered]:
+                _sys.setns(fd, kind)
 
     def run_sync(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run ``fn(*args, **kwargs)`` on a worker thread inside this set, and
@@ -742,6 +779,31 @@ class NamespaceSet:
         from .aio import run_in
 
         return await run_in(None, self, fn, *args, **kwargs)
+
+    async def socket(self, family: int = 2, type: int = 1, proto: int = 0) -> _socket.socket:
+        """A non-blocking socket that lives in this set's netns (default
+        ``AF_INET``, ``SOCK_STREAM``); see :func:`nspool.aio.socket_in`."""
+        from .aio import socket_in
+
+        return socket_in(self, family, type, proto)
+
+    async def connect_tcp(self, host: str, port: int) -> anyio.abc.SocketStream:
+        """An anyio stream connected from this set's netns, the name resolved
+        inside the set; see :func:`nspool.aio.connect_tcp_in`.
+
+        Cancellation: as for any anyio connect; nothing is left open."""
+        from .aio import connect_tcp_in
+
+        return await connect_tcp_in(self, host, port)
+
+    async def create_tcp_listener(
+        self, local_host: str | None = None, local_port: int = 0
+    ) -> anyio.abc.SocketListener:
+        """An anyio listener bound in this set's netns; see
+        :func:`nspool.aio.create_tcp_listener_in`."""
+        from .aio import create_tcp_listener_in
+
+        return await create_tcp_listener_in(self, local_host, local_port)
 
     # -- persistence -----------------------------------------------------------
 

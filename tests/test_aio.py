@@ -5,17 +5,24 @@ the pool's ``async with`` forms."""
 from __future__ import annotations
 
 import contextvars
+import fcntl
 import os
+import socket
+import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
+import anyio.abc
+import anyio.to_thread
 import pytest
 
-from nspool import Kind, NamespaceSet, Pool, Workers, aio
+from nspool import Kind, NamespaceSet, Pool, Workers, aio, nsset
 
-from .conftest import thread_ns, wait_until
+from .conftest import Witness, thread_ns, wait_until
+
+WitnessFactory = Callable[[NamespaceSet], Witness]
 
 pytestmark = pytest.mark.anyio
 
@@ -166,3 +173,71 @@ async def test_run_from_a_closed_pool(pool_workers: Workers) -> None:
         pass
     with pytest.raises(RuntimeError, match="closed"):
         await pool.run(os.getpid)
+
+
+SIOCGIFINDEX = 0x8933
+
+
+def if_index(sock: socket.socket, name: str) -> int | None:
+    """The index of interface ``name`` in the socket's netns, or None."""
+    try:
+        raw = fcntl.ioctl(sock, SIOCGIFINDEX, struct.pack("16si20x", name.encode(), 0))
+    except OSError:
+        return None
+    return int(struct.unpack("16si20x", raw)[1])
+
+
+async def test_socket_lives_in_the_netns(fresh_default: None, witness: WitnessFactory) -> None:
+    """A socket from s.socket() sees the netns's interfaces (the veth end
+    planted there), not the host's; the loop thread does not move."""
+    home = thread_ns("net")
+    try:
+        with NamespaceSet.unshare(Kind.NET) as s:
+            w = witness(s)
+            with await s.socket() as inside, socket.socket() as outside:
+                assert not inside.getblocking()
+                assert if_index(inside, w.inside) is not None
+                assert if_index(outside, w.inside) is None
+                assert if_index(inside, w.outside) is None
+                assert if_index(outside, w.outside) is not None
+            assert thread_ns("net") == home
+    finally:
+        # The loop thread keeps an fd of its own netns for the way back
+        # (opened on first use, kept for the thread's life): let it go.
+        nsset._forget_thread_home()
+
+
+async def test_two_listeners_on_one_address_and_a_connection(
+    pool_workers: Workers, fresh_default: None
+) -> None:
+    """Listeners on 127.0.0.1:PORT in two sets coexist (isolation); a
+    connection made inside one set reaches that set's listener."""
+    pool = Pool(Kind.NET, warm=2, workers=pool_workers)
+    async with pool, pool.lease() as a, pool.lease() as b:
+        first = await a.create_tcp_listener("127.0.0.1", 0)
+        port = first.extra(anyio.abc.SocketAttribute.local_port)
+        second = await b.create_tcp_listener("127.0.0.1", port)
+        async with first, second:
+
+            async def serve(listener: anyio.abc.SocketListener, tag: bytes) -> None:
+                async def reply(stream: anyio.abc.SocketStream) -> None:
+                    async with stream:
+                        await stream.send(tag + await stream.receive())
+
+                await listener.serve(reply)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve, first, b"a:")
+                tg.start_soon(serve, second, b"b:")
+                for s, tag in ((a, b"a:"), (b, b"b:")):
+                    async with await s.connect_tcp("127.0.0.1", port) as stream:
+                        await stream.send(b"hi")
+                        assert await stream.receive() == tag + b"hi"
+                tg.cancel_scope.cancel()
+
+
+async def test_connect_fails_cleanly_in_a_bare_netns(fresh_default: None) -> None:
+    """In a fresh netns with lo down nothing is reachable: a clear OSError,
+    no socket left open (checked by no_leaks)."""
+    with NamespaceSet.unshare(Kind.NET) as s, pytest.raises(OSError, match=r"unreachable|refused"):
+        await s.connect_tcp("127.0.0.1", 9)

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
@@ -804,6 +804,22 @@ class NamespaceSet:
         from .aio import create_tcp_listener_in
 
         return await create_tcp_listener_in(self, local_host, local_port)
+
+    async def run_process(
+        self,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``argv`` inside this set (forked from a worker that entered
+        it) and return its output; see :func:`nspool.aio.run_process_in`.
+
+        Cancellation: the process is killed and reaped."""
+        from .aio import run_process_in
+
+        return await run_process_in(self, argv, input=input, check=check, env=env)
 
     # -- persistence -----------------------------------------------------------
 

@@ -9,6 +9,7 @@ import fcntl
 import os
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -241,3 +242,34 @@ async def test_connect_fails_cleanly_in_a_bare_netns(fresh_default: None) -> Non
     no socket left open (checked by no_leaks)."""
     with NamespaceSet.unshare(Kind.NET) as s, pytest.raises(OSError, match=r"unreachable|refused"):
         await s.connect_tcp("127.0.0.1", 9)
+
+
+async def test_run_process_inside_the_set(fresh_default: None) -> None:
+    """A process started by s.run_process is in every namespace of the set:
+    its netns (only lo), its uts, and its pid namespace (PID 2 or later
+    there, the set's init being PID 1)."""
+    with NamespaceSet.unshare(Kind.NET | Kind.UTS | Kind.PID) as s:
+        links = await s.run_process(["ip", "-br", "link"])
+        assert [line.split()[0] for line in links.stdout.decode().splitlines()] == ["lo"]
+        status = (await s.run_process(["cat", "/proc/self/status"])).stdout.decode()
+        nspid = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()
+        assert len(nspid) == 3
+        assert int(nspid[-1]) >= 2
+        uts = (await s.run_process(["readlink", "/proc/self/ns/uts"])).stdout.decode().strip()
+        assert uts == f"uts:[{s.id(Kind.UTS)}]"
+        echoed = await s.run_process(["cat"], input=b"through stdin")
+        assert echoed.stdout == b"through stdin"
+        with pytest.raises(subprocess.CalledProcessError):
+            await s.run_process(["false"])
+        assert (await s.run_process(["false"], check=False)).returncode == 1
+
+
+async def test_cancelled_run_process_kills_the_process(fresh_default: None) -> None:
+    """Cancelling the await kills and reaps the process."""
+    with NamespaceSet.unshare(Kind.NET) as s:
+        started = time.monotonic()
+        with anyio.move_on_after(0.3):
+            await s.run_process(["sleep", "30"])
+        assert time.monotonic() - started < 5
+        out = subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True, text=True)
+        assert out.stdout.strip() == ""

@@ -202,6 +202,12 @@ def current() -> NamespaceSet | None:
     return stack[-1] if stack else None
 
 
+def _open_thread_ns(kind: Kind) -> int:
+    """An fd of the calling thread's own namespace of ``kind`` (for pid and
+    time, where its children go), close-on-exec and checked."""
+    return _sys.open_ns(os.path.join(_THREAD_NS_DIR, kind.for_children_name), kind)
+
+
 def _way_back(kind: Kind) -> int:
     """An fd of where the calling thread is now for ``kind``: the innermost
     running set holding ``kind``, or else the thread's own namespace (opened
@@ -213,7 +219,7 @@ def _way_back(kind: Kind) -> int:
     home = _thread.home
     fd = home.get(kind)
     if fd is None:
-        fd = home[kind] = _sys.open_ns(os.path.join(_THREAD_NS_DIR, kind.for_children_name), kind)
+        fd = home[kind] = _open_thread_ns(kind)
     return fd
 
 

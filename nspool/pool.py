@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import logging
 import os
 import subprocess
@@ -44,7 +43,7 @@ from . import _sys
 from .kinds import Kind
 from .net import loopback_up
 from .nsset import _THREAD_NS_DIR, KindsArg, NamespaceSet, _close_fds, _thread
-from .workers import _CHECKED, Workers, default_workers
+from .workers import _CHECKED, Workers, _Home, _ThreadLinks, default_workers
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "CLOSE_INTERVAL", "Lease", "Pool", "PoolStats"]
 
@@ -101,19 +100,16 @@ class _Creator:
     def __init__(self, kinds: Kind, *, in_place: bool) -> None:
         self.in_place = in_place and not kinds & ~_IN_PLACE
         self.kinds = kinds
-        self.home: dict[Kind, int] = {}
-        self.home_ids: dict[Kind, int] = {}
-        self.ns_dir = -1
-        self.buf = ctypes.create_string_buffer(64)
         #: Why this thread could not go home after a set, if it could not.
         self.stranded: str | None = None
+        # The same means a worker has: its home's fds and ids, and a reader
+        # of its own links.
+        self.home: _Home | None = None
+        self.links: _ThreadLinks | None = None
         if not self.in_place:
             return
-        self.ns_dir = os.open(_THREAD_NS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        for kind in _CHECKED:
-            fd = _sys.open_ns(os.path.join(_THREAD_NS_DIR, kind.for_children_name), kind)
-            self.home[kind] = fd
-            self.home_ids[kind] = os.fstat(fd).st_ino
+        self.home = _Home(use_anchor=False)
+        self.links = _ThreadLinks()
 
     def make(self, kinds: Kind, hook: Callable[[NamespaceSet], object] | None) -> NamespaceSet:
         fds: dict[Kind, int] = {}
@@ -151,19 +147,22 @@ class _Creator:
     def _go_home(self, kinds: Kind) -> None:
         """Back home in ``kinds`` by fd, then check every link: the hook may
         have moved the thread in other kinds too."""
+        assert self.home is not None
+        assert self.links is not None
         try:
             for kind in kinds.singles():
-                _sys.setns(self.home[kind], kind)
-            for kind, ino in self.home_ids.items():
-                name = kind.for_children_name.encode()
-                if _sys.ns_inode_at(self.ns_dir, name, self.buf) != ino:
+                _sys.setns(self.home.fds[kind], kind)
+            for kind, ino in self.links.read(_CHECKED).items():
+                if ino != self.home.ids[kind]:
                     raise _Stranded(f"still in another {kind} namespace after going home")
         except OSError as exc:
             raise _Stranded(f"cannot go home: {exc}") from exc
 
     def close(self) -> None:
-        _close_fds([*self.home.values(), *([self.ns_dir] if self.ns_dir >= 0 else [])])
-        self.home, self.ns_dir = {}, -1
+        if self.links is not None:
+            self.links.close()
+        if self.home is not None:
+            self.home.close()
 
 
 class Lease:
@@ -390,11 +389,7 @@ class Pool:
                 if self._closed:
                     raise RuntimeError("the pool is closed")
                 if self._ready:
-                    s = self._ready.popleft()
-                    self._leased.add(s)
-                    self._hits += 1
-                    self._changed.notify_all()  # a creator may refill now
-                    return s
+                    return self._hand_out_ready()
                 if self.max_sets is None or self._total() < self.max_sets:
                     self._misses += 1
                     self._creating += 1
@@ -457,13 +452,15 @@ class Pool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the pool is closed")
-            if not self._ready:
-                return None
-            s = self._ready.popleft()
-            self._leased.add(s)
-            self._hits += 1
-            self._changed.notify_all()
-            return s
+            return self._hand_out_ready() if self._ready else None
+
+    def _hand_out_ready(self) -> NamespaceSet:
+        """Lease the oldest ready set (a hit). Call with the lock held."""
+        s = self._ready.popleft()
+        self._leased.add(s)
+        self._hits += 1
+        self._changed.notify_all()  # a creator may refill now
+        return s
 
     def _drop(self, s: NamespaceSet) -> None:
         """Take back a leased set that must not be reused (its call was

@@ -62,7 +62,7 @@ from typing import Any, ParamSpec, TypeVar
 from . import _sys
 from .errors import NamespaceError, UnsupportedKindError
 from .kinds import SETNS_ORDER, Kind
-from .nsset import _THREAD_NS_DIR, NamespaceSet, _close_fds, _thread
+from .nsset import _THREAD_NS_DIR, NamespaceSet, _close_fds, _open_thread_ns, _thread
 
 __all__ = ["IDLE_TIMEOUT", "MAX_WORKERS", "Workers", "WorkersStats", "default_workers"]
 
@@ -233,8 +233,7 @@ class _Home:
         self._anchor_stop = threading.Lock()
         try:
             for kind in _CHECKED:
-                path = os.path.join(_THREAD_NS_DIR, kind.for_children_name)
-                self.fds[kind] = _sys.open_ns(path, kind)
+                self.fds[kind] = _open_thread_ns(kind)
             self.root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             # A forced return sets pid_for_children to the anchor's own pid
             # namespace: usable only if home's pid_for_children is that one.
@@ -297,6 +296,40 @@ class _Home:
         _close_fds(fd for fd in fds if fd >= 0)
 
 
+class _ThreadLinks:
+    """Reads the calling thread's namespace links, for the checks after a
+    call. Made on the thread it reads: the directory fd is opened once and
+    keeps naming that thread even inside a mount namespace whose ``/proc``
+    shows other pids."""
+
+    def __init__(self) -> None:
+        self.fd = os.open(_THREAD_NS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.stat = os.fstat(self.fd)
+        self.buf = ctypes.create_string_buffer(64)
+
+    def read(self, kinds: Iterable[Kind]) -> dict[Kind, int]:
+        """The inode of each kind's link; ``OSError`` if it cannot be read."""
+        links: dict[Kind, int] = {}
+        fd = self.fd
+        if KEEP_GIL:
+            buf = self.buf
+            for kind in kinds:
+                links[kind] = _sys.ns_inode_at(fd, _LINK_NAMES[kind], buf)
+            return links
+        for kind in kinds:
+            link = os.readlink(kind.for_children_name, dir_fd=fd)
+            links[kind] = int(link[link.index("[") + 1 : -1])
+        return links
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        # A callable may have closed our fd (and the number may now be
+        # someone else's): close it only if it is still our directory.
+        with contextlib.suppress(OSError):
+            if fd >= 0 and _same_file(os.fstat(fd), self.stat):
+                os.close(fd)
+
+
 class _Worker:
     """One dedicated thread. Idle, it waits on ``wake``; a submitter puts a
     call in ``call`` and releases ``wake``. ``call`` set to ``None`` with
@@ -314,9 +347,7 @@ class _Worker:
         # Where the thread is, by kind: kept by the worker itself, so it
         # knows which kinds to skip without asking the kernel.
         self.here: dict[Kind, int] = dict(self.home.ids)
-        self.ns_dir = -1
-        self.ns_dir_stat: os.stat_result | None = None
-        self.link_buf = ctypes.create_string_buffer(64)
+        self.links: _ThreadLinks | None = None
         self.cpu = -1
         # Whether the thread has its own cwd and root (unshare(CLONE_FS)),
         # which joining a mount namespace requires.
@@ -362,22 +393,15 @@ class _Worker:
             self._close()
 
     def _close(self) -> None:
-        fd, self.ns_dir = self.ns_dir, -1
-        # A callable may have closed our fd (and the number may now be
-        # someone else's): close it only if it is still our directory.
-        with contextlib.suppress(OSError):
-            if fd >= 0 and _same_file(os.fstat(fd), self.ns_dir_stat):
-                os.close(fd)
+        if self.links is not None:
+            self.links.close()
         self.home.release()
 
     def _settle(self) -> None:
         """Open this thread's namespace directory and make sure the thread is
         in the executor's home namespaces (it starts in its creator's)."""
-        # Opened once: it keeps naming this thread after the thread enters a
-        # mount namespace whose /proc shows other pids.
-        self.ns_dir = os.open(_THREAD_NS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.ns_dir_stat = os.fstat(self.ns_dir)
-        self.here = {**self.home.ids, **self._read_links(_CHECKED)}
+        self.links = _ThreadLinks()
+        self.here = {**self.home.ids, **self.links.read(_CHECKED)}
         for kind in _HOME_ORDER:
             if kind in self.here and self.here[kind] != self.home.ids[kind]:
                 if kind in _UNJOINABLE:
@@ -545,22 +569,10 @@ class _Worker:
         else:
             call.deliver()
 
-    def _read_links(self, kinds: Iterable[Kind]) -> dict[Kind, int]:
-        links: dict[Kind, int] = {}
-        ns_dir = self.ns_dir
-        if KEEP_GIL:
-            buf = self.link_buf
-            for kind in kinds:
-                links[kind] = _sys.ns_inode_at(ns_dir, _LINK_NAMES[kind], buf)
-            return links
-        for kind in kinds:
-            link = os.readlink(kind.for_children_name, dir_fd=ns_dir)
-            links[kind] = int(link[link.index("[") + 1 : -1])
-        return links
-
     def _check(self, kinds: Iterable[Kind], expected: dict[Kind, int], when: str) -> None:
         try:
-            actual = self._read_links(kinds)
+            assert self.links is not None
+            actual = self.links.read(kinds)
         except OSError as exc:
             raise _Discard(f"cannot read its namespaces {when}: {exc}") from exc
         moved = [str(k) for k, ino in actual.items() if ino != expected[k]]

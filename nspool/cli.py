@@ -6,9 +6,13 @@ throwaway thread (``nsset.enter``), and persist one with a bind mount
 (``NamespaceSet.mount_ns``). Everything it makes is closed, unmounted or
 removed before it returns; the only threads it starts are joined.
 
-More subcommands (``demo``, ``bench``, ``exec``) will join ``doctor`` here:
-each is a function taking the parsed arguments and a console, returning the
-exit code, registered in :func:`build_parser`.
+``demo`` serves requests, each in a fresh network namespace from a warm
+pool, and compares that with creating a namespace per request
+(:mod:`nspool.demo`). ``bench`` runs the benchmark suite of a source
+checkout (``bench/``) and prints its tables.
+
+Each subcommand is a function taking the parsed arguments and a console,
+returning the exit code, registered in :func:`build_parser`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import importlib
 import os
 import platform
 import tempfile
@@ -240,7 +245,59 @@ def build_parser() -> argparse.ArgumentParser:
         description="Try to create, join and persist each namespace kind, and print a table.",
     )
     doctor_parser.set_defaults(handler=doctor)
+
+    demo_parser = commands.add_parser(
+        "demo",
+        help="serve requests, each in a fresh netns from a warm pool",
+        description="A small daemon: each request binds the same port on 127.0.0.1 in its "
+        "own fresh network namespace from a warm pool and talks to itself. Prints "
+        "requests/s and latency percentiles against creating a netns per request.",
+    )
+    demo_parser.add_argument(
+        "--requests", type=int, default=2000, help="requests per variant (default 2000)"
+    )
+    demo_parser.add_argument(
+        "--concurrency", type=int, default=32, help="requests in flight (default 32)"
+    )
+    demo_parser.add_argument("--warm", type=int, default=64, help="pool size kept ready")
+    demo_parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    demo_parser.set_defaults(handler=demo)
+
+    bench_parser = commands.add_parser(
+        "bench",
+        help="run the benchmark suite (from a source checkout)",
+        description="Run every benchmark in bench/ against its baselines; print tables of "
+        "medians and ratios, write JSON and plots to bench/results/.",
+    )
+    bench_parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
+    bench_parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="run only these benchmarks (e.g. pool aio)"
+    )
+    bench_parser.set_defaults(handler=bench)
     return parser
+
+
+def demo(args: argparse.Namespace, console: Console) -> int:
+    """``nspool demo``: see :mod:`nspool.demo`."""
+    from . import demo as demo_module
+
+    return demo_module.run(args, console)
+
+
+def bench(args: argparse.Namespace, console: Console) -> int:
+    """``nspool bench``: the suite of ``bench/`` in a source checkout (an
+    editable install puts it on the path)."""
+    try:
+        suite = importlib.import_module("bench.suite")
+    except ImportError:
+        console.print(
+            "nspool bench runs the benchmarks of a source checkout: install nspool with "
+            "`pip install -e .` from the repository (and its `bench` extra)",
+            markup=False,
+        )
+        return 2
+    code: int = suite.run(args, console)
+    return code
 
 
 def _console() -> Console:

@@ -30,11 +30,13 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack
 
 if TYPE_CHECKING:
     import anyio.abc
+
+    from .aio import Command, NamespaceProcess, ProcessOptions
 
 from . import _sys
 from .errors import (
@@ -813,19 +815,53 @@ class NamespaceSet:
 
     async def run_process(
         self,
-        argv: Sequence[str],
+        command: Command,
         *,
         input: bytes | None = None,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = subprocess.PIPE,
+        stderr: int | IO[Any] | None = subprocess.PIPE,
         check: bool = True,
-        env: Mapping[str, str] | None = None,
+        **options: Unpack[ProcessOptions],
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run ``argv`` inside this set (forked from a worker that entered
-        it) and return its output; see :func:`nspool.aio.run_process_in`.
+        """Run ``command`` inside this set (forked from a worker that entered
+        it) and return its output, as ``anyio.run_process`` does; see
+        :func:`nspool.aio.run_process_in`.
 
         Cancellation: the process is killed and reaped."""
         from .aio import run_process_in
 
-        return await run_process_in(self, argv, input=input, check=check, env=env)
+        return await run_process_in(
+            self,
+            command,
+            input=input,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            check=check,
+            **options,
+        )
+
+    async def open_process(
+        self,
+        command: Command,
+        *,
+        stdin: int | IO[Any] | None = subprocess.PIPE,
+        stdout: int | IO[Any] | None = subprocess.PIPE,
+        stderr: int | IO[Any] | None = subprocess.PIPE,
+        **options: Unpack[ProcessOptions],
+    ) -> NamespaceProcess:
+        """Start ``command`` inside this set, as ``anyio.open_process`` does,
+        and return the process (use it with ``async with``); see
+        :func:`nspool.aio.open_process_in`.
+
+        Cancellation: a process started by a cancelled call is killed and
+        reaped."""
+        from .aio import open_process_in
+
+        return await open_process_in(
+            self, command, stdin=stdin, stdout=stdout, stderr=stderr, **options
+        )
 
     # -- persistence -----------------------------------------------------------
 

@@ -19,7 +19,7 @@ import anyio.abc
 import anyio.to_thread
 import pytest
 
-from nspool import Kind, NamespaceSet, Pool, Workers, aio, nsset
+from nspool import Kind, NamespaceSet, Pool, Workers, aio, default_workers, nsset
 
 from .conftest import Witness, thread_ns, wait_until
 
@@ -273,3 +273,121 @@ async def test_cancelled_run_process_kills_the_process(fresh_default: None) -> N
         assert time.monotonic() - started < 5
         out = subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True, text=True)
         assert out.stdout.strip() == ""
+
+
+async def test_open_process_talks_through_pipes_inside_the_set(fresh_default: None) -> None:
+    """s.open_process starts the process inside the set; its stdin and
+    stdout are streams read and written on the loop; wait() gives its exit
+    code and reaps it."""
+    with NamespaceSet.unshare(Kind.NET) as s:
+        script = "readlink /proc/self/ns/net; exec cat"
+        async with await s.open_process(["sh", "-c", script]) as process:
+            assert process.stdin is not None
+            assert process.stdout is not None
+            first = await process.stdout.receive()
+            assert first.decode().strip() == f"net:[{s.id(Kind.NET)}]"
+            await process.stdin.send(b"ping")
+            assert await process.stdout.receive() == b"ping"
+            await process.stdin.aclose()
+            with pytest.raises(anyio.EndOfStream):
+                await process.stdout.receive()
+            assert await process.wait() == 0
+        assert process.returncode == 0
+
+
+async def test_open_process_shell_string_and_stderr(fresh_default: None) -> None:
+    """A string command runs through the shell, as with anyio; stderr is
+    its own stream; a signal's exit code is negative."""
+    with NamespaceSet.unshare(Kind.UTS) as s:
+        await s.run(socket.sethostname, "inside-the-set")
+        async with await s.open_process("hostname; echo oops >&2; kill -TERM $$") as process:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            out = b"".join([chunk async for chunk in process.stdout])
+            err = b"".join([chunk async for chunk in process.stderr])
+            assert await process.wait() == -15
+        assert out == b"inside-the-set\n"
+        assert err == b"oops\n"
+        assert socket.gethostname() != "inside-the-set"
+
+
+async def test_cancelled_wait_in_open_process_kills_and_reaps(fresh_default: None) -> None:
+    """Leaving ``async with`` by cancellation kills the process and reaps
+    it: its pid no longer exists as a zombie or otherwise."""
+    with NamespaceSet.unshare(Kind.NET) as s:
+        with anyio.move_on_after(0.2):
+            async with await s.open_process(["sleep", "30"], stdin=subprocess.DEVNULL) as process:
+                await process.wait()
+        assert process.returncode == -9
+        assert not os.path.exists(f"/proc/{process.pid}") or _not_our_child(process.pid)
+
+
+def _not_our_child(pid: int) -> bool:
+    """Whether ``pid`` (recycled since) is no longer a child of ours."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1]) != os.getpid()
+    except FileNotFoundError:
+        return True
+
+
+async def test_process_in_pid_and_mount_namespaces(fresh_default: None, tmp_path: str) -> None:
+    """In a new pid namespace the process is PID 2 or later (the set's init
+    is PID 1); in a mount namespace it sees the set's mounts, and cwd is
+    looked up there."""
+    with NamespaceSet.unshare(Kind.PID | Kind.MNT) as s:
+        target = os.fspath(tmp_path)
+        await s.run(nsset._sys.mount, "tmpfs", target, "tmpfs", 0, None)
+        done = await s.run_process(
+            ["sh", "-c", "echo $$; touch made-inside; ls; grep -c ' tmpfs ' /proc/self/mounts"],
+            cwd=target,
+        )
+        pid_inside, listing, mounts = done.stdout.decode().split("\n", 2)
+        assert int(pid_inside) >= 2
+        assert listing == "made-inside"
+        assert int(mounts) >= 1
+        assert os.listdir(target) == []  # the host sees the bare directory
+
+
+async def test_process_cancellation_storm_leaves_nothing(fresh_default: None) -> None:
+    """Hundreds of process starts cancelled at every stage (queued, starting,
+    running) leave no process and no fd behind (fds: no_leaks)."""
+    marker = f"{time.monotonic_ns() % 10**6}.5"
+    with NamespaceSet.unshare(Kind.NET) as s:
+
+        async def one(delay: float) -> None:
+            with anyio.move_on_after(delay):
+                async with await s.open_process(["sleep", marker]) as process:
+                    await process.wait()
+
+        async with anyio.create_task_group() as tg:
+            for i in range(200):
+                tg.start_soon(one, (i % 20) * 0.002)
+    # A start abandoned mid-way is killed on its worker thread: wait for it.
+    await anyio.to_thread.run_sync(default_workers_idle)
+    out = subprocess.run(["pgrep", "-f", f"^sleep {marker}$"], capture_output=True, text=True)
+    assert out.stdout.strip() == ""
+
+
+def default_workers_idle() -> None:
+    assert wait_until(lambda: (st := default_workers().stats()).threads == st.idle)
+
+
+async def test_run_process_input_check_and_output_options(fresh_default: None) -> None:
+    """run_process mirrors anyio's: input goes to stdin, stdout=DEVNULL
+    gives no output, check raises CalledProcessError with the output, and
+    stdin with input together is refused."""
+    with NamespaceSet.unshare(Kind.NET) as s:
+        done = await s.run_process(["wc", "-c"], input=b"12345")
+        assert done.stdout.strip() == b"5"
+        quiet = await s.run_process(["echo", "hi"], stdout=subprocess.DEVNULL)
+        assert quiet.stdout is None
+        with pytest.raises(subprocess.CalledProcessError) as failed:
+            await s.run_process(["sh", "-c", "echo out; echo err >&2; exit 3"])
+        assert (failed.value.returncode, failed.value.stdout, failed.value.stderr) == (
+            3,
+            b"out\n",
+            b"err\n",
+        )
+        with pytest.raises(ValueError, match="only one of stdin and input"):
+            await s.run_process(["true"], input=b"x", stdin=subprocess.DEVNULL)

@@ -2,11 +2,11 @@
 
     python -m bench.aio [--quick] [--out PATH]
 
-(a) one await at a time, each timed: ``await s.run(noop)`` (a netns, the
-    default front end, and with ``Workers(same_cpu=True)``) against
+(a) one await at a time, each timed: ``await s.run(noop)`` (a netns; the
+    default ``same_cpu="auto"``, ``True`` and ``False``) against
     ``await loop.run_in_executor(pool, noop)`` with a ``ThreadPoolExecutor``
     and against ``anyio.to_thread.run_sync``;
-(b) N awaits gathered at once, per call: the same four.
+(b) N awaits gathered at once, per call: the same five.
 
 Each variant runs in its own event loop, interleaved in rounds. Prints a
 table of medians and ratios; writes ``bench/results/aio.json``. Needs root.
@@ -86,6 +86,7 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
     pool = concurrent.futures.ThreadPoolExecutor()
     workers = Workers()
     same_cpu = Workers(same_cpu=True)
+    never_pinned = Workers(same_cpu=False)
     with NamespaceSet.unshare(Kind.NET) as s:
 
         def executor() -> Callable[[], Awaitable[object]]:
@@ -101,11 +102,15 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
         def nspool_same_cpu() -> Callable[[], Awaitable[object]]:
             return lambda: aio.run_in(same_cpu, s, noop)
 
+        def nspool_never_pinned() -> Callable[[], Awaitable[object]]:
+            return lambda: aio.run_in(never_pinned, s, noop)
+
         makers = {
             "executor": executor,
             "anyio": to_thread,
             "nspool": nspool_run,
             "same cpu": nspool_same_cpu,
+            "never pinned": nspool_never_pinned,
         }
         try:
             for group, timed, total, label in (
@@ -148,10 +153,18 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
                         samples["same cpu"],
                         base.name,
                     ),
+                    Row(
+                        group,
+                        f"await s.run(noop), Workers(same_cpu=False), {label}",
+                        "us",
+                        samples["never pinned"],
+                        base.name,
+                    ),
                 ]
         finally:
             workers.shutdown()
             same_cpu.shutdown()
+            never_pinned.shutdown()
             pool.shutdown()
     return rows
 

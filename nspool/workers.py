@@ -57,7 +57,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from . import _sys
 from .errors import NamespaceError, UnsupportedKindError
@@ -356,21 +356,28 @@ class _Worker:
     # -- the thread -----------------------------------------------------------
 
     def move_to(self, cpu: int) -> None:
-        """Run on ``cpu`` only (the ``same_cpu`` option). Called by the
-        submitter while the worker waits; a new thread applies it itself."""
+        """Run on ``cpu`` only, or on any CPU the executor may use if ``cpu``
+        is -1 (the ``same_cpu`` option). Called by the submitter while the
+        worker waits; a new thread applies it itself."""
         if cpu == self.cpu:
             return
         self.cpu = cpu
         tid = self.thread.native_id
         if tid is not None:
             with contextlib.suppress(OSError):  # the thread may just have exited
-                os.sched_setaffinity(tid, {cpu})
+                os.sched_setaffinity(tid, self._cpus(cpu))
+
+    def _cpus(self, cpu: int) -> set[int]:
+        if cpu >= 0:
+            return {cpu}
+        workers = self.workers_ref()
+        return workers._cpus if workers is not None else os.sched_getaffinity(0)
 
     def _main(self) -> None:
         call, self.call = self.call, None
         if self.cpu >= 0:
             with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, {self.cpu})
+                os.sched_setaffinity(0, self._cpus(self.cpu))
         try:
             self._settle()
         except BaseException as exc:
@@ -617,11 +624,15 @@ class Workers(Executor):
     The executor's home namespaces are those of the thread that creates it:
     worker threads live there between calls.
 
-    ``same_cpu=True`` moves the worker that takes a call onto the CPU of the
-    submitting thread: a wake-up on the same CPU is far cheaper than one
-    across CPUs on a VM, but workers then no longer run GIL-free work (a
-    long syscall, I/O) in parallel with their submitter. Off by default; see
-    ``bench/workers.py`` for what it buys here.
+    ``same_cpu`` decides where a worker runs. A wake-up on the submitter's
+    own CPU is far cheaper than one across CPUs on a VM (see
+    ``bench/workers.py`` and ``bench/aio.py``), but a worker pinned there
+    cannot run GIL-free work (a long syscall, I/O) in parallel with its
+    submitter or with other workers. ``"auto"`` (the default) moves the
+    worker that takes a call onto the submitter's CPU only when no other
+    call is running, which is the case that wake-up latency dominates, and
+    lets it run anywhere otherwise; ``True`` always moves it; ``False``
+    never does.
 
     Any thread may submit. A callable may itself submit to a ``Workers``
     (the new worker thread still starts at home), but a callable that blocks
@@ -629,11 +640,18 @@ class Workers(Executor):
     any bounded executor.
     """
 
-    def __init__(self, max_workers: int = MAX_WORKERS, *, same_cpu: bool = False) -> None:
+    def __init__(
+        self, max_workers: int = MAX_WORKERS, *, same_cpu: bool | Literal["auto"] = "auto"
+    ) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
+        if same_cpu not in (True, False, "auto"):
+            raise ValueError(f"same_cpu must be True, False or 'auto', not {same_cpu!r}")
         self._max_workers = max_workers
         self._same_cpu = same_cpu
+        # The CPUs an unpinned worker may use: the creator's, as a new
+        # thread would inherit them.
+        self._cpus = os.sched_getaffinity(0)
         self._home = _Home(USE_HOME_ANCHOR)
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
@@ -708,6 +726,7 @@ class Workers(Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new calls after shutdown")
             self._calls += 1
+            alone = len(self._idle) == len(self._threads)  # no call is running
             if self._idle:
                 worker = self._idle.pop()
                 worker.call = call
@@ -719,8 +738,11 @@ class Workers(Executor):
                 self._queue.append(call)
         if worker is None:
             return
-        if self._same_cpu:
+        same_cpu = self._same_cpu
+        if same_cpu is True or (same_cpu == "auto" and alone):
             worker.move_to(_sys.current_cpu())
+        elif same_cpu == "auto":
+            worker.move_to(-1)
         if not new:
             worker.wake.release()
             return

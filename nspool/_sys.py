@@ -59,6 +59,8 @@ __all__ = [
 
 # <linux/nsfs.h>: _IO(0xb7, 0x3)
 NS_GET_NSTYPE = 0xB703
+# <linux/nsfs.h>: _IO(0xb7, 0x1), an fd for the user namespace owning a namespace.
+NS_GET_USERNS = 0xB701
 # <sys/mount.h>
 MS_REC = 0x4000
 MS_BIND = 0x1000
@@ -101,6 +103,9 @@ _c_mount.argtypes = (
     ctypes.c_void_p,
 )
 _c_mount.restype = ctypes.c_int
+_c_setdomainname = _libc.setdomainname
+_c_setdomainname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+_c_setdomainname.restype = ctypes.c_int
 _c_umount2 = _libc.umount2
 _c_umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _c_umount2.restype = ctypes.c_int
@@ -375,3 +380,66 @@ def umount2(target: str, flags: int, *, kind: Kind | None = None) -> None:
         _retry(lambda: _ctypes_call(_c_umount2, os.fsencode(target), flags))
     except OSError as exc:
         raise from_errno(exc.errno or errno.EIO, syscall="umount2", kind=kind, path=target) from exc
+
+
+def setdomainname(name: str) -> None:
+    """``setdomainname(2)``: the NIS domain name of the calling thread's uts
+    namespace."""
+    raw = os.fsencode(name)
+    try:
+        _retry(lambda: _ctypes_call(_c_setdomainname, raw, len(raw)))
+    except OSError as exc:
+        raise from_errno(exc.errno or errno.EIO, syscall="setdomainname", kind=Kind.UTS) from exc
+
+
+def write_proc(
+    path: str,
+    text: str,
+    *,
+    kind: Kind | None = None,
+    pid: int | None = None,
+    dir_fd: int | None = None,
+) -> None:
+    """Write ``text`` to the ``/proc`` file ``path`` (relative to
+    ``dir_fd`` if given) in one ``write``: id maps and clock offsets must
+    arrive whole. Raises :class:`NamespaceError` naming the path."""
+    shown = path if dir_fd is None else f"{_fd_path(dir_fd)}/{path}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        raise from_errno(
+            exc.errno or errno.EIO, syscall="open", kind=kind, path=shown, pid=pid
+        ) from exc
+    try:
+        data = text.encode()
+        written = _retry(lambda: os.write(fd, data))
+        if written != len(data):
+            raise OSError(errno.EIO, f"short write: {written} of {len(data)} bytes")
+    except OSError as exc:
+        raise from_errno(
+            exc.errno or errno.EIO, syscall="write", kind=kind, path=shown, pid=pid
+        ) from exc
+    finally:
+        os.close(fd)
+
+
+def owner_id(fd: int) -> int:
+    """The inode number of the user namespace that owns the namespace ``fd``
+    (``ioctl(NS_GET_USERNS)``); ``EPERM`` if it lies outside the caller's
+    own user namespace."""
+    try:
+        owner = _retry(lambda: fcntl.ioctl(fd, NS_GET_USERNS))
+    except OSError as exc:
+        raise from_errno(exc.errno or errno.EIO, syscall="ioctl(NS_GET_USERNS)") from exc
+    try:
+        return os.fstat(owner).st_ino
+    finally:
+        os.close(owner)
+
+
+#: A directory fd of the ``/proc`` this process saw when nspool was imported
+#: (its own pid namespace's), open for the life of the process. A set with a
+#: private ``/proc`` mounts another one over ``/proc`` in its mount
+#: namespace, where paths such as ``/proc/thread-self`` no longer describe a
+#: worker; the library's own reads inside sets go through this fd instead.
+HOST_PROC = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

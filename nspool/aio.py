@@ -19,6 +19,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,6 +33,7 @@ import anyio.to_thread
 import sniffio
 
 from . import _sys
+from .kinds import Kind
 from .nsset import NamespaceSet
 from .pool import Pool
 from .workers import Workers, default_workers
@@ -506,6 +508,30 @@ async def open_process_in(
         popen_options["env"] = dict(popen_options["env"])
     shell = isinstance(command, (str, bytes))
     args: Any = command if shell or isinstance(command, os.PathLike) else list(command)
+    executor = default_workers()
+    # A thread cannot join a user or time namespace other than its own:
+    # the worker joins the rest, and the process joins those itself.
+    beyond = [
+        k
+        for k in (Kind.USER, Kind.TIME)
+        if k in s.kinds and s.id(k) != executor._home.ids.get(k, s.id(k))
+    ]
+    inner: NamespaceSet | None = s
+    own: dict[Kind, int] = {}
+    if beyond:
+        rest = s.kinds & ~(Kind.USER | Kind.TIME)
+        inner = s.dup(rest) if rest else None
+        try:
+            own = {k: os.dup(fd) for k, fd in s.fds(Kind(sum(beyond))).items()}
+        except BaseException:
+            if inner is not None:
+                inner.close()
+            raise
+        argv = ["/bin/sh", "-c", os.fsdecode(args)] if shell else [os.fspath(a) for a in args]
+        spec = ",".join(f"{fd}:{int(k)}" for k, fd in own.items())
+        args = [sys.executable, "-I", "-S", "-c", _ENTER_SOURCE, spec, *argv]
+        shell = False
+        popen_options["pass_fds"] = (*popen_options.get("pass_fds", ()), *own.values())
 
     def start() -> tuple[subprocess.Popen[bytes], int]:
         popen = subprocess.Popen(
@@ -532,11 +558,47 @@ async def open_process_in(
         _close_popen_pipes(popen)
         os.close(pidfd)
 
-    executor = default_workers()
-    future = executor.submit_in(s, start)
+    try:
+        future = executor.submit(start) if inner is None else executor.submit_in(inner, start)
+    except BaseException:
+        if own:
+            _close_all(inner, own)
+        raise
+    if own:
+        # The child has its own copies once started (or never starts): ours
+        # close when the call is done, even if this wait is cancelled.
+        future.add_done_callback(lambda _f: _close_all(inner, own))
     await _wait_done(future, lambda: None if future.exception() else discard(future.result()))
     popen, pidfd = future.result()
     return NamespaceProcess(popen, pidfd)
+
+
+# Run in the process started for a set with a user or time namespace other
+# than the workers': join those (a single-threaded process may), then exec
+# the command. argv: "FD:NSTYPE,..." then the command.
+_ENTER_SOURCE = """\
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for spec in sys.argv[1].split(","):
+    fd, nstype = (int(v) for v in spec.split(":"))
+    if libc.setns(fd, nstype) == -1:
+        err = ctypes.get_errno()
+        os.write(2, ("nspool: setns(%d): %s\\n" % (nstype, os.strerror(err))).encode())
+        os._exit(126)
+    os.close(fd)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    os.write(2, ("nspool: %s: %s\\n" % (sys.argv[2], exc.strerror)).encode())
+    os._exit(127)
+"""
+
+
+def _close_all(inner: NamespaceSet | None, own: Mapping[Kind, int]) -> None:
+    if inner is not None:
+        inner.close()
+    for fd in own.values():
+        os.close(fd)
 
 
 def _close_popen_pipes(popen: subprocess.Popen[bytes]) -> None:

@@ -33,7 +33,6 @@ from rich.table import Table
 from rich.text import Text
 
 from . import _sys
-from .errors import UnsupportedKindError
 from .kinds import SETNS_ORDER, Kind
 from .nsset import NamespaceSet, enter
 
@@ -41,8 +40,6 @@ __all__ = ["DoctorReport", "KindReport", "build_parser", "doctor", "main", "prob
 
 #: A cell for something that works.
 YES = "yes"
-#: The create cell of the user kind: the kernel may allow it, nspool does not yet.
-NOT_YET = "not yet (library)"
 #: Output width when stdout is not a terminal (and ``COLUMNS`` is unset), so
 #: that piped output keeps each row on one line.
 PIPE_WIDTH = 120
@@ -72,7 +69,7 @@ def _refusal(step: str, kind: Kind, exc: OSError) -> str:
 @dataclasses.dataclass(frozen=True)
 class KindReport:
     """What doctor found for one kind: each cell is ``"yes"``,
-    ``"no: ERRNO reason"`` or (user creation) ``"not yet (library)"``."""
+    ``"no: ERRNO reason"``."""
 
     kind: Kind
     create: str
@@ -141,8 +138,6 @@ def _probe_kind(kind: Kind) -> KindReport:
     try:
         made = NamespaceSet.unshare(kind)
         create = YES
-    except UnsupportedKindError as exc:
-        create = NOT_YET if kind is Kind.USER else _refusal("create", kind, exc)
     except OSError as exc:
         create = _refusal("create", kind, exc)
     try:
@@ -198,7 +193,7 @@ def _check_persist(kind: Kind, target: NamespaceSet) -> str:
 
 
 def _cell(value: str) -> Text:
-    style = "green" if value == YES else "yellow" if value == NOT_YET else "red"
+    style = "green" if value == YES else "red"
     return Text(value, style=style)
 
 

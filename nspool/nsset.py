@@ -31,7 +31,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack
+from typing import IO, TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, Unpack
 
 if TYPE_CHECKING:
     import anyio.abc
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from .aio import Command, NamespaceProcess, ProcessOptions
 
 from . import _sys
+from ._options import PROC_FLAGS, IdMap, SetOptions
+from ._userns import make_in_helper
 from .errors import (
     KindError,
     NamespaceError,
@@ -69,6 +71,8 @@ NEW_MOUNT_PROPAGATION = _sys.MS_REC | _sys.MS_PRIVATE
 #: process), nor user (cannot be joined by a threaded process).
 INLINE_KINDS = Kind.NET | Kind.UTS | Kind.IPC | Kind.CGROUP
 
+_NO_OPTIONS = SetOptions()
+
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 KindsArg = Kind | int | str | Iterable[str | Kind]
@@ -76,8 +80,11 @@ KindsArg = Kind | int | str | Iterable[str | Kind]
 # The init of a fresh pid namespace: it reaps orphans reparented to it, and
 # exits when its stdin closes, i.e. when the set releases it or this process
 # dies. Its exit makes the kernel kill everything else in the namespace.
+# With an argument it first mounts /proc for its namespace (a private
+# /proc must be mounted from inside the pid namespace) and reports on
+# stdout: "ok", or the errno of the mount.
 _INIT_SOURCE = """\
-import os, signal
+import os, signal, sys
 def reap(*_):
     try:
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
@@ -86,6 +93,15 @@ def reap(*_):
         pass
 signal.signal(signal.SIGCHLD, reap)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
+if len(sys.argv) > 1:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = (ctypes.c_char_p,) * 3 + (ctypes.c_ulong, ctypes.c_void_p)
+    failed = libc.mount(b"proc", b"/proc", b"proc", int(sys.argv[1]), None) == -1
+    os.write(1, str(ctypes.get_errno()).encode() if failed else b"ok")
+    os.close(1)
+    if failed:
+        sys.exit(1)
 while os.read(0, 64):
     pass
 """
@@ -115,27 +131,38 @@ class _PidInit:
     reference ends the init, and with it every process in the namespace.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], *, pid: int | None = None) -> None:
+        """``process`` is the init, or (for a set made in a helper process,
+        ``pid`` given) the helper that is the init's parent: the init ends
+        when the helper does."""
         self._process = process
+        self._pid = process.pid if pid is None else pid
         self._refs = 1
         self._lock = threading.Lock()
 
     @property
     def pid(self) -> int:
         """The init's pid as this process sees it."""
-        return self._process.pid
+        return self._pid
 
     @classmethod
-    def start(cls) -> _PidInit:
+    def start(cls, *, mount_proc: bool = False) -> _PidInit:
         """Start the init from the calling thread, whose ``pid_for_children``
         must be the new pid namespace. Not ``os.fork()``: ``subprocess``
         execs at once, so no lock of this threaded interpreter is inherited.
+
+        ``mount_proc``: the init mounts a ``/proc`` of its pid namespace on
+        ``/proc`` (the calling thread must be in a new mount namespace),
+        and this waits until it has.
         """
+        argv = [sys.executable, "-I", "-S", "-c", _INIT_SOURCE]
+        if mount_proc:
+            argv.append(str(PROC_FLAGS))
         try:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _INIT_SOURCE],
+                argv,
                 stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if mount_proc else subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 close_fds=True,
                 start_new_session=True,
@@ -144,7 +171,18 @@ class _PidInit:
             raise from_errno(
                 exc.errno or errno.EIO, syscall="fork", kind=Kind.PID, detail="starting init"
             ) from exc
-        return cls(process)
+        init = cls(process)
+        if mount_proc:
+            assert process.stdout is not None
+            with process.stdout:
+                answer = process.stdout.read()
+            if answer != b"ok":
+                init.release()
+                code = int(answer) if answer.isdigit() else errno.EIO
+                raise from_errno(
+                    code, syscall="mount", kind=Kind.PID, path="/proc", detail="private /proc"
+                )
+        return init
 
     def acquire(self) -> _PidInit:
         with self._lock:
@@ -157,9 +195,9 @@ class _PidInit:
             self._refs -= 1
             if self._refs:
                 return
-        stdin = self._process.stdin
-        if stdin is not None:
-            stdin.close()
+        for pipe in (self._process.stdin, self._process.stdout):
+            if pipe is not None:
+                pipe.close()
         with contextlib.suppress(ProcessLookupError):
             self._process.kill()
         # An init's exit completes only once every process of its namespace
@@ -316,14 +354,27 @@ def _validate_name(name: str) -> str:
     return name
 
 
+class _UnshareMethod(Protocol):
+    def __call__(
+        self,
+        kinds: KindsArg,
+        *,
+        uid_map: Iterable[IdMap] | None = None,
+        gid_map: Iterable[IdMap] | None = None,
+        private_tmp: bool = False,
+        private_proc: bool = False,
+        hostname: str | None = None,
+        domainname: str | None = None,
+        clock_offsets: Mapping[str, float] | None = None,
+    ) -> NamespaceSet: ...
+
+
 class _Unshare:
     """Descriptor behind ``NamespaceSet.unshare``: on the class it creates
     namespaces from the caller's, on an instance it creates them nested in
     that set."""
 
-    def __get__(
-        self, obj: NamespaceSet | None, owner: type[NamespaceSet]
-    ) -> Callable[[KindsArg], NamespaceSet]:
+    def __get__(self, obj: NamespaceSet | None, owner: type[NamespaceSet]) -> _UnshareMethod:
         if obj is None:
             return owner._unshare_new
         return obj._unshare_nested
@@ -372,32 +423,51 @@ class NamespaceSet:
     # -- construction -------------------------------------------------------
 
     @classmethod
-    def _unshare_new(cls, kinds: KindsArg) -> NamespaceSet:
+    def _unshare_new(cls, kinds: KindsArg, **options: Any) -> NamespaceSet:
         """Create new namespaces of ``kinds`` (``NamespaceSet.unshare(kinds)``).
 
         The calling thread does not move: the namespaces are made on a helper
-        thread that is thrown away afterwards. Called on a set instead
-        (``s.unshare(kinds)``), the new namespaces are nested in ``s``: a new
-        mount namespace is a copy of ``s``'s, and the result also holds
-        ``s``'s other kinds.
+        thread that is thrown away afterwards, or, for a set that holds a
+        user namespace, in a helper process (a threaded process cannot
+        create or join one). Called on a set instead (``s.unshare(kinds)``),
+        the new namespaces are nested in ``s``: a new mount namespace is a
+        copy of ``s``'s, new namespaces are owned by ``s``'s user namespace,
+        and the result also holds ``s``'s other kinds.
 
         A new mount namespace gets private propagation
         (:data:`NEW_MOUNT_PROPAGATION`). A new pid namespace gets an init
         process (see the class docstring). Pid and time namespaces affect only
-        processes started from a thread in the set. ``Kind.USER`` is refused
-        with :class:`UnsupportedKindError` for now.
+        processes started from a thread in the set.
+
+        Keyword options, each for a namespace new in this call
+        (:class:`KindError` otherwise):
+
+        - ``uid_map``, ``gid_map``: lines ``(inside, outside, count)`` for a
+          new user namespace; default: root inside is the caller's effective
+          uid and gid outside; ``[]`` leaves every id unmapped. ``setgroups``
+          is denied when the kernel requires it for the gid map.
+        - ``private_tmp=True``: a fresh tmpfs on ``/tmp`` in the new mount
+          namespace (private propagation: the host never sees it).
+        - ``private_proc=True``: with new pid and mount namespaces, a
+          ``/proc`` of the new pid namespace, mounted by its init, so
+          processes started in the set see only their own.
+        - ``hostname``, ``domainname``: names of the new uts namespace.
+        - ``clock_offsets``: ``{"monotonic": seconds, "boottime": seconds}``
+          for the new time namespace, seen by processes started in the set.
 
         Blocks the calling thread for about a millisecond (the kernel's cost
-        of a network namespace), longer with a pid namespace (its init
-        starts). On failure nothing is left behind: no fd, thread or
-        namespace.
+        of a network namespace), longer with a pid or user namespace (a
+        process starts). On failure nothing is left behind: no fd, thread,
+        process or namespace.
         """
-        return cls._create(Kind.require(kinds, what="unshare"), base=None)
+        kinds = Kind.require(kinds, what="unshare")
+        return cls._create(kinds, None, options=SetOptions.make(kinds, **options))
 
-    def _unshare_nested(self, kinds: KindsArg) -> NamespaceSet:
+    def _unshare_nested(self, kinds: KindsArg, **options: Any) -> NamespaceSet:
         """Create new namespaces of ``kinds`` nested in this set
         (``s.unshare(kinds)``); see :meth:`_unshare_new`."""
-        return type(self)._create(Kind.require(kinds, what="unshare"), base=self)
+        kinds = Kind.require(kinds, what="unshare")
+        return type(self)._create(kinds, base=self, options=SetOptions.make(kinds, **options))
 
     @classmethod
     def _create(
@@ -405,19 +475,14 @@ class NamespaceSet:
         kinds: Kind,
         base: NamespaceSet | None,
         hook: Callable[[NamespaceSet], object] | None = None,
+        *,
+        options: SetOptions = _NO_OPTIONS,
     ) -> NamespaceSet:
-        """Make the set on a throwaway helper thread; ``hook(set)`` runs on
-        that thread while it is still inside the new namespaces (the pool's
-        after-create hook, with no extra thread hop). If the hook raises, the
-        set is closed and the error propagates."""
-        if kinds & Kind.USER:
-            raise UnsupportedKindError(
-                errno.ENOTSUP,
-                syscall="unshare",
-                kind=Kind.USER,
-                detail="user namespaces cannot be created yet "
-                "(a multi-threaded process cannot unshare one)",
-            )
+        """Make the set on a throwaway helper thread (or in a helper process
+        if it holds a user namespace); ``hook(set)`` runs on that thread
+        while it is still inside the new namespaces (the pool's after-create
+        hook, with no extra thread hop), or on a worker for a user set. If
+        the hook raises, the set is closed and the error propagates."""
         if base is not None and kinds & Kind.PID and base._kinds & Kind.PID:
             raise UnsupportedKindError(
                 errno.EINVAL,
@@ -441,9 +506,12 @@ class NamespaceSet:
                 raise from_errno(exc.errno or errno.EIO, syscall="dup", kind=kinds) from exc
             base_init = base._init if base is not None and Kind.PID in shared else None
 
+            if kinds & Kind.USER or Kind.USER in base_fds:
+                return cls._create_in_helper(kinds, base_fds, shared, base_init, hook, options)
+
             def work() -> NamespaceSet:
                 try:
-                    new_fds, init = _make_namespaces(kinds, base_fds)
+                    new_fds, init = _make_namespaces(kinds, base_fds, options)
                 except BaseException:
                     _close_fds(shared.values())
                     raise
@@ -462,6 +530,48 @@ class NamespaceSet:
                 return made
 
             return _on_helper_thread(work, NamespaceSet.close, name="nspool-unshare")
+
+    @classmethod
+    def _create_in_helper(
+        cls,
+        kinds: Kind,
+        base_fds: Mapping[Kind, int],
+        shared: dict[Kind, int],
+        base_init: _PidInit | None,
+        hook: Callable[[NamespaceSet], object] | None,
+        options: SetOptions,
+    ) -> NamespaceSet:
+        """:meth:`_create` for a set that holds a user namespace: the
+        namespaces are made in a helper process (see ``nspool._userns``),
+        from a throwaway thread that then enters what a thread can (all but
+        user and time) to run ``hook``."""
+
+        def work() -> NamespaceSet:
+            try:
+                new_fds, helper = make_in_helper(kinds, base_fds, options)
+            except BaseException:
+                _close_fds(shared.values())
+                raise
+            if helper is not None:
+                init: _PidInit | None = _PidInit(helper.process, pid=helper.init_pid)
+            else:
+                init = base_init.acquire() if base_init is not None else None
+            made = cls({**shared, **new_fds}, init=init)
+            if hook is not None:
+                try:
+                    with made._borrow() as fds:
+                        enter(fds, skip=Kind.USER | Kind.TIME)
+                    _thread.stack.append(made)
+                    try:
+                        hook(made)
+                    finally:
+                        _thread.stack.pop()
+                except BaseException:
+                    made.close()
+                    raise
+            return made
+
+        return _on_helper_thread(work, NamespaceSet.close, name="nspool-unshare")
 
     @classmethod
     def current(cls, kinds: KindsArg = ALL_KINDS) -> NamespaceSet:
@@ -1057,10 +1167,11 @@ class NamespaceSet:
 
 
 def _make_namespaces(
-    kinds: Kind, base_fds: Mapping[Kind, int]
+    kinds: Kind, base_fds: Mapping[Kind, int], options: SetOptions
 ) -> tuple[dict[Kind, int], _PidInit | None]:
     """On a helper thread (which is thrown away afterwards): enter
-    ``base_fds``, create namespaces of ``kinds``, and open them.
+    ``base_fds``, create namespaces of ``kinds``, apply ``options``, and
+    open them.
 
     A time namespace is created last, after the pid init started, so that
     the init stays in the parent time namespace: the new one's clock offsets
@@ -1078,10 +1189,13 @@ def _make_namespaces(
             _sys.unshare(first)
         if kinds & Kind.MNT:
             _sys.mount(None, "/", None, NEW_MOUNT_PROPAGATION, kind=Kind.MNT)
+        options.apply_on_thread(kinds)
         if kinds & Kind.PID:
-            init = _PidInit.start()
+            init = _PidInit.start(mount_proc=options.private_proc)
         if kinds & Kind.TIME:
             _sys.unshare(Kind.TIME)
+            # Only /proc/TID names a thread's own offsets file (not thread-self).
+            options.write_clock_offsets(threading.get_native_id())
         for kind in kinds.singles():
             fds[kind] = _sys.open_ns(kind.for_children_name, kind, dir_fd=ns_dir)
     except BaseException:

@@ -114,14 +114,6 @@ def test_unshare_every_creatable_kind() -> None:
         assert_cloexec(s)
 
 
-def test_unshare_user_is_refused_clearly() -> None:
-    """User namespaces are refused for now, with an error that says so."""
-    fds = open_fds()
-    with pytest.raises(UnsupportedKindError, match="user namespaces cannot be created yet"):
-        NamespaceSet.unshare(Kind.USER | Kind.NET)
-    assert open_fds() == fds
-
-
 @pytest.mark.parametrize("bad", ["", 0, "netz", 0x1])
 def test_unshare_bad_kinds(bad: object) -> None:
     """An empty or unknown kind set is a KindError; nothing is opened."""

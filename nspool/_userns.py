@@ -1,0 +1,261 @@
+"""Namespaces made in a helper process: sets that hold a user namespace.
+
+The kernel refuses ``unshare(CLONE_NEWUSER)`` and ``setns`` into a user
+namespace to a multi-threaded process, and namespaces nested in a user
+namespace must be created by a task inside it. So such sets are made by a
+small helper process, started with ``subprocess`` (an exec of a fresh
+interpreter, never ``os.fork()`` of this threaded one), that joins the base
+set, creates the namespaces, and waits while this process writes the id maps
+from outside and opens the namespaces through ``/proc/HELPER/ns``.
+
+The helper talks on its stdout, one line per step::
+
+    U            user namespace made: write the maps, then send one byte
+    R INIT_PID   done (INIT_PID 0 without a pid namespace)
+    E ERRNO SYSCALL DETAIL   a step failed; the helper exits
+
+Without a pid namespace the helper exits when its stdin closes and is
+reaped. With one, it stays for the set's life as the parent of the pid
+namespace's init (PID 1 there, forked by the helper, which is
+single-threaded); the init exits when the helper does (it watches a pipe
+only the helper holds), which ends every process in that namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+
+from . import _sys
+from ._options import PROC_FLAGS, TMP_DATA, TMP_FLAGS, SetOptions, map_text
+from .errors import NamespaceError, from_errno
+from .kinds import SETNS_ORDER, Kind
+
+__all__ = ["HELPER_WAIT", "Helper", "make_in_helper"]
+
+#: Seconds to wait for the helper at each step before giving up on it.
+HELPER_WAIT = 10.0
+
+_HELPER_SOURCE = """\
+import ctypes, json, os, signal, sys
+cfg = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = (ctypes.c_char_p,) * 3 + (ctypes.c_ulong, ctypes.c_char_p)
+def say(line):
+    os.write(1, (line + "\\n").encode())
+def fail(code, syscall, detail):
+    say("E %d %s %s" % (code, syscall, detail))
+    os._exit(1)
+def check(rc, syscall, detail):
+    if rc == -1:
+        fail(ctypes.get_errno(), syscall, detail)
+for fd, nstype in cfg["join"]:
+    check(libc.setns(fd, nstype), "setns", nstype)
+    os.close(fd)
+if cfg["user"]:
+    check(libc.unshare(cfg["user"]), "unshare", cfg["user"])
+    say("U")
+    if not os.read(0, 1):
+        os._exit(0)
+if cfg["first"]:
+    check(libc.unshare(cfg["first"]), "unshare", cfg["first"])
+if cfg["mnt"]:
+    check(libc.mount(None, b"/", None, cfg["propagation"], None), "mount", "/")
+if cfg["tmp"]:
+    check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", cfg["tmp_flags"], cfg["tmp_data"].encode()),
+          "mount", "/tmp")
+for call, name in (("sethostname", cfg["hostname"]), ("setdomainname", cfg["domainname"])):
+    if name is not None:
+        raw = name.encode()
+        check(getattr(libc, call)(raw, len(raw)), call, name)
+if cfg["time"]:
+    check(libc.unshare(cfg["time"]), "unshare", cfg["time"])
+    if cfg["offsets"]:
+        try:
+            with open("/proc/self/timens_offsets", "w") as f:
+                f.write(cfg["offsets"])
+        except OSError as exc:
+            fail(exc.errno, "write", "/proc/self/timens_offsets")
+init = 0
+if cfg["pid"]:
+    check(libc.unshare(cfg["pid"]), "unshare", cfg["pid"])
+    life_r, life_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    init = os.fork()
+    if init == 0:
+        os.close(life_w)
+        os.close(ready_r)
+        def reap(*_):
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                    pass
+            except ChildProcessError:
+                pass
+        signal.signal(signal.SIGCHLD, reap)
+        if cfg["proc"] and libc.mount(b"proc", b"/proc", b"proc", cfg["proc"], None) == -1:
+            os.write(ready_w, str(ctypes.get_errno()).encode())
+            os._exit(1)
+        os.write(ready_w, b"ok")
+        os.close(ready_w)
+        while os.read(life_r, 1):
+            pass
+        os._exit(0)
+    os.close(life_r)
+    os.close(ready_w)
+    answer = os.read(ready_r, 64)
+    if answer != b"ok":
+        fail(int(answer) if answer.isdigit() else 5, "mount", "/proc")
+say("R %d" % init)
+while os.read(0, 64):
+    pass
+"""
+
+
+class Helper:
+    """A running helper process and the namespaces it made. ``pid`` is the
+    helper's; ``init_pid`` that of the pid namespace's init, or 0."""
+
+    def __init__(self, process: subprocess.Popen[bytes], init_pid: int) -> None:
+        self.process = process
+        self.init_pid = init_pid
+
+    def end(self) -> None:
+        """Stop the helper and reap it; its init (if any) follows it."""
+        end_helper(self.process)
+
+
+def end_helper(process: subprocess.Popen[bytes]) -> None:
+    """Close the helper's stdin, kill it and reap it. Never blocks for
+    long: the helper is not a pid namespace's init, so its exit completes
+    at once."""
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    process.wait()
+
+
+def make_in_helper(
+    kinds: Kind, base_fds: Mapping[Kind, int], options: SetOptions
+) -> tuple[dict[Kind, int], Helper | None]:
+    """Make namespaces of ``kinds``, nested in ``base_fds``, in a helper
+    process; returns their fds and, for a pid namespace, the helper that
+    keeps its init (else the helper has been reaped).
+
+    Runs on the calling thread, which does not move. On failure the helper
+    is killed and reaped and nothing stays open; the error names the
+    syscall that failed and the helper's pid.
+    """
+    join = [(fd, int(kind)) for kind in SETNS_ORDER if (fd := base_fds.get(kind)) is not None]
+    config = {
+        "join": join,
+        "user": int(kinds & Kind.USER),
+        "first": int(kinds & ~(Kind.USER | Kind.PID | Kind.TIME)),
+        "mnt": bool(kinds & Kind.MNT),
+        "propagation": _sys.MS_REC | _sys.MS_PRIVATE,
+        "tmp_flags": TMP_FLAGS,
+        "tmp_data": TMP_DATA,
+        "time": int(kinds & Kind.TIME),
+        "pid": int(kinds & Kind.PID),
+        **options.for_helper(),
+    }
+    config["proc"] = PROC_FLAGS if options.private_proc else 0
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _HELPER_SOURCE, json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            pass_fds=[fd for fd, _ in join],
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise from_errno(
+            exc.errno or errno.EIO, syscall="fork", kind=kinds, detail="starting the helper"
+        ) from exc
+    fds: dict[Kind, int] = {}
+    try:
+        if kinds & Kind.USER:
+            _expect(process, kinds, "U")
+            _write_maps(process.pid, options)
+            assert process.stdin is not None
+            process.stdin.write(b"m")
+            process.stdin.flush()
+        init_pid = int(_expect(process, kinds, "R"))
+        ns_dir = f"/proc/{process.pid}/ns"
+        for kind in kinds.singles():
+            fds[kind] = _sys.open_ns(f"{ns_dir}/{kind.for_children_name}", kind, pid=process.pid)
+    except BaseException:
+        _close(fds)
+        end_helper(process)
+        raise
+    if init_pid:
+        return fds, Helper(process, init_pid)
+    end_helper(process)
+    return fds, None
+
+
+def _expect(process: subprocess.Popen[bytes], kinds: Kind, tag: str) -> str:
+    """Read the helper's next line; its text after ``tag``. A failure
+    line becomes the matching :class:`NamespaceError`."""
+    assert process.stdout is not None
+    line = process.stdout.readline().decode().strip()
+    if line.startswith(tag):
+        return line[len(tag) :].strip()
+    if line.startswith("E "):
+        code, syscall, detail = [*line[2:].split(" ", 2), "", ""][:3]
+        kind = _kind_of(detail, kinds)
+        raise from_errno(
+            int(code) if code.isdigit() else errno.EIO,
+            syscall=syscall,
+            kind=kind,
+            pid=process.pid,
+            detail=None if kind is not None else detail or None,
+        )
+    raise NamespaceError(
+        errno.EIO,
+        syscall="unshare",
+        kind=kinds,
+        pid=process.pid,
+        detail=f"the helper process ended early ({line or 'no answer'})",
+    )
+
+
+def _kind_of(detail: str, kinds: Kind) -> Kind | None:
+    """The kinds a helper's failure line names by number, if it does."""
+    if detail.isdigit() and int(detail) & int(Kind.all()):
+        return Kind(int(detail) & int(Kind.all()))
+    return kinds if detail == "" else None
+
+
+def _write_maps(pid: int, options: SetOptions) -> None:
+    """Write the helper's uid and gid maps from outside. The gid map needs
+    ``setgroups`` denied first unless the writer may set groups in the
+    parent user namespace: deny it then, and only then."""
+    proc = f"/proc/{pid}"
+    if options.uid_map:
+        _sys.write_proc(f"{proc}/uid_map", map_text(options.uid_map), kind=Kind.USER, pid=pid)
+    if not options.gid_map:
+        return
+    gid_map = map_text(options.gid_map)
+    try:
+        _sys.write_proc(f"{proc}/gid_map", gid_map, kind=Kind.USER, pid=pid)
+    except NamespaceError as exc:
+        if exc.errno != errno.EPERM:
+            raise
+        _sys.write_proc(f"{proc}/setgroups", "deny", kind=Kind.USER, pid=pid)
+        _sys.write_proc(f"{proc}/gid_map", gid_map, kind=Kind.USER, pid=pid)
+
+
+def _close(fds: Mapping[Kind, int]) -> None:
+    for fd in fds.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -23,13 +23,20 @@ import math
 import os
 import socket
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from . import _sys
 from .errors import KindError, from_errno
 from .kinds import Kind
 
-__all__ = ["CLOCKS", "HOST_NAME_MAX", "MAX_MAP_LINES", "IdMap", "SetOptions"]
+__all__ = [
+    "CLOCKS",
+    "HOST_NAME_MAX",
+    "MAX_MAP_LINES",
+    "IdMap",
+    "SetOptions",
+    "UnshareOptions",
+]
 
 #: One line of a uid or gid map: (first id inside, first id outside, count).
 IdMap = tuple[int, int, int]
@@ -48,6 +55,19 @@ _MS_NOEXEC = 0x8
 TMP_FLAGS = _MS_NOSUID | _MS_NODEV
 TMP_DATA = "mode=1777"
 PROC_FLAGS = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+
+
+class UnshareOptions(TypedDict, total=False):
+    """The keyword options of ``NamespaceSet.unshare`` and ``Pool``; see
+    :meth:`SetOptions.make`."""
+
+    uid_map: Iterable[IdMap] | None
+    gid_map: Iterable[IdMap] | None
+    private_tmp: bool
+    private_proc: bool
+    hostname: str | None
+    domainname: str | None
+    clock_offsets: Mapping[str, float] | None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .aio import Command, NamespaceProcess, ProcessOptions
 
 from . import _sys
-from ._options import PROC_FLAGS, IdMap, SetOptions
+from ._options import PROC_FLAGS, SetOptions, UnshareOptions
 from ._userns import make_in_helper
 from .errors import (
     KindError,
@@ -355,18 +355,7 @@ def _validate_name(name: str) -> str:
 
 
 class _UnshareMethod(Protocol):
-    def __call__(
-        self,
-        kinds: KindsArg,
-        *,
-        uid_map: Iterable[IdMap] | None = None,
-        gid_map: Iterable[IdMap] | None = None,
-        private_tmp: bool = False,
-        private_proc: bool = False,
-        hostname: str | None = None,
-        domainname: str | None = None,
-        clock_offsets: Mapping[str, float] | None = None,
-    ) -> NamespaceSet: ...
+    def __call__(self, kinds: KindsArg, **options: Unpack[UnshareOptions]) -> NamespaceSet: ...
 
 
 class _Unshare:
@@ -423,7 +412,7 @@ class NamespaceSet:
     # -- construction -------------------------------------------------------
 
     @classmethod
-    def _unshare_new(cls, kinds: KindsArg, **options: Any) -> NamespaceSet:
+    def _unshare_new(cls, kinds: KindsArg, **options: Unpack[UnshareOptions]) -> NamespaceSet:
         """Create new namespaces of ``kinds`` (``NamespaceSet.unshare(kinds)``).
 
         The calling thread does not move: the namespaces are made on a helper
@@ -463,7 +452,7 @@ class NamespaceSet:
         kinds = Kind.require(kinds, what="unshare")
         return cls._create(kinds, None, options=SetOptions.make(kinds, **options))
 
-    def _unshare_nested(self, kinds: KindsArg, **options: Any) -> NamespaceSet:
+    def _unshare_nested(self, kinds: KindsArg, **options: Unpack[UnshareOptions]) -> NamespaceSet:
         """Create new namespaces of ``kinds`` nested in this set
         (``s.unshare(kinds)``); see :meth:`_unshare_new`."""
         kinds = Kind.require(kinds, what="unshare")

@@ -37,9 +37,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar, Unpack
 
 from . import _sys
+from ._options import SetOptions, UnshareOptions
 from .kinds import Kind
 from .net import loopback_up
 from .nsset import _THREAD_NS_DIR, KindsArg, NamespaceSet, _close_fds, _thread
@@ -111,11 +112,14 @@ class _Creator:
         self.home = _Home(use_anchor=False)
         self.links = _ThreadLinks()
 
-    def make(self, kinds: Kind, hook: Callable[[NamespaceSet], object] | None) -> NamespaceSet:
+    def make(
+        self, kinds: Kind, hook: Callable[[NamespaceSet], object] | None, options: SetOptions
+    ) -> NamespaceSet:
         fds: dict[Kind, int] = {}
         s: NamespaceSet | None = None
         try:
             _sys.unshare(kinds)
+            options.apply_on_thread(kinds)
             for kind in kinds.singles():
                 path = os.path.join(_THREAD_NS_DIR, kind.proc_name)
                 fds[kind] = _sys.open_ns(path, kind)
@@ -214,11 +218,17 @@ def net_state() -> tuple[object, ...]:
     by the pool before it reuses a recycled set."""
     files = []
     for name in ("dev", "if_inet6", "route", "ipv6_route", "fib_trie", "ip_tables_names"):
+        # Through the host's /proc: a set's private /proc would not show
+        # this thread at thread-self.
         try:
-            with open(f"/proc/thread-self/net/{name}") as f:
-                text = f.read()
+            fd = os.open(
+                f"thread-self/net/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=_sys.HOST_PROC
+            )
         except FileNotFoundError:
             text = ""
+        else:
+            with open(fd) as f:
+                text = f.read()
         if name == "dev":  # drop the counters, keep the interface names
             text = " ".join(line.split(":")[0].strip() for line in text.splitlines()[2:])
         files.append(text)
@@ -249,6 +259,11 @@ class Pool:
     least 16) rides one out; each live netns costs about 200 KiB of kernel
     memory (``bench/``).
 
+    The keyword options of :meth:`NamespaceSet.unshare` (``uid_map``,
+    ``private_tmp``, ``hostname``, ...) apply to every set. Sets holding a
+    user namespace are made in a helper process each, tens of times slower
+    than a netns alone.
+
     Use ``with Pool(...) as pool:`` (or :meth:`start`/:meth:`close`). All
     methods may be called from any thread.
     """
@@ -264,8 +279,10 @@ class Pool:
         verify: Callable[[], object] | None = None,
         workers: Workers | None = None,
         creators: int = 2,
+        **options: Unpack[UnshareOptions],
     ) -> None:
         self.kinds = Kind.require(kinds, what="Pool")
+        self._options = SetOptions.make(self.kinds, **options)
         if warm < 0 or creators < 1:
             raise ValueError("warm must be >= 0 and creators >= 1")
         if max_sets is not None and max_sets < max(1, warm):
@@ -533,9 +550,11 @@ class Pool:
         started = time.perf_counter()
         try:
             if creator is not None and creator.in_place:
-                s = creator.make(self.kinds, self._after_create)
+                s = creator.make(self.kinds, self._after_create, self._options)
             else:
-                s = NamespaceSet._create(self.kinds, None, self._after_create)
+                s = NamespaceSet._create(
+                    self.kinds, None, self._after_create, options=self._options
+                )
         except BaseException as exc:
             with self._lock:
                 self._failures += 1

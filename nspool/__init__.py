@@ -20,6 +20,7 @@ from .errors import (
 from .kinds import Kind
 from .nsset import NamespaceSet, current
 from .pool import Pool, PoolStats
+from .rootless import enter_user_namespace
 from .workers import Workers, WorkersStats, default_workers
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "WorkersStats",
     "current",
     "default_workers",
+    "enter_user_namespace",
 ]

@@ -437,6 +437,20 @@ def owner_id(fd: int) -> int:
         os.close(owner)
 
 
+def may_return(fd: int) -> bool:
+    """Whether a thread that leaves the namespace ``fd`` may ``setns`` back
+    into it: not if it belongs to a user namespace outside the caller's own
+    (an ancestor's, as home does after ``enter_user_namespace``), where the
+    caller has no capabilities."""
+    try:
+        owner_id(fd)
+    except NamespaceError as exc:
+        if exc.errno == errno.EPERM:
+            return False
+        raise
+    return True
+
+
 #: A directory fd of the ``/proc`` this process saw when nspool was imported
 #: (its own pid namespace's), open for the life of the process. A set with a
 #: private ``/proc`` mounts another one over ``/proc`` in its mount

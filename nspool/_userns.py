@@ -12,7 +12,7 @@ The helper talks on its stdout, one line per step::
 
     U            user namespace made: write the maps, then send one byte
     R INIT_PID   done (INIT_PID 0 without a pid namespace)
-    E ERRNO SYSCALL DETAIL   a step failed; the helper exits
+    E ERRNO SYSCALL KINDS [PATH]   a step failed; the helper exits
 
 Without a pid namespace the helper exits when its stdin closes and is
 reaped. With one, it stays for the set's life as the parent of the pid
@@ -65,14 +65,14 @@ if cfg["user"]:
 if cfg["first"]:
     check(libc.unshare(cfg["first"]), "unshare", cfg["first"])
 if cfg["mnt"]:
-    check(libc.mount(None, b"/", None, cfg["propagation"], None), "mount", "/")
+    check(libc.mount(None, b"/", None, cfg["propagation"], None), "mount", "%d /" % cfg["mnt"])
 if cfg["tmp"]:
     check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", cfg["tmp_flags"], cfg["tmp_data"].encode()),
-          "mount", "/tmp")
+          "mount", "%d /tmp" % cfg["mnt"])
 for call, name in (("sethostname", cfg["hostname"]), ("setdomainname", cfg["domainname"])):
     if name is not None:
         raw = name.encode()
-        check(getattr(libc, call)(raw, len(raw)), call, name)
+        check(getattr(libc, call)(raw, len(raw)), call, cfg["uts"])
 if cfg["time"]:
     check(libc.unshare(cfg["time"]), "unshare", cfg["time"])
     if cfg["offsets"]:
@@ -80,7 +80,7 @@ if cfg["time"]:
             with open("/proc/self/timens_offsets", "w") as f:
                 f.write(cfg["offsets"])
         except OSError as exc:
-            fail(exc.errno, "write", "/proc/self/timens_offsets")
+            fail(exc.errno, "write", "%d /proc/self/timens_offsets" % cfg["time"])
 init = 0
 if cfg["pid"]:
     check(libc.unshare(cfg["pid"]), "unshare", cfg["pid"])
@@ -109,7 +109,7 @@ if cfg["pid"]:
     os.close(ready_w)
     answer = os.read(ready_r, 64)
     if answer != b"ok":
-        fail(int(answer) if answer.isdigit() else 5, "mount", "/proc")
+        fail(int(answer) if answer.isdigit() else 5, "mount", "%d /proc" % cfg["pid"])
 say("R %d" % init)
 while os.read(0, 64):
     pass
@@ -158,7 +158,8 @@ def make_in_helper(
         "join": join,
         "user": int(kinds & Kind.USER),
         "first": int(kinds & ~(Kind.USER | Kind.PID | Kind.TIME)),
-        "mnt": bool(kinds & Kind.MNT),
+        "mnt": int(kinds & Kind.MNT),
+        "uts": int(kinds & Kind.UTS),
         "propagation": _sys.MS_REC | _sys.MS_PRIVATE,
         "tmp_flags": TMP_FLAGS,
         "tmp_data": TMP_DATA,
@@ -211,14 +212,15 @@ def _expect(process: subprocess.Popen[bytes], kinds: Kind, tag: str) -> str:
     if line.startswith(tag):
         return line[len(tag) :].strip()
     if line.startswith("E "):
-        code, syscall, detail = [*line[2:].split(" ", 2), "", ""][:3]
-        kind = _kind_of(detail, kinds)
+        # "E ERRNO SYSCALL KINDS [PATH]"
+        code, syscall, bits, path = [*line[2:].split(" ", 3), "", "", ""][:4]
+        kind = Kind(int(bits) & int(Kind.all())) if bits.isdigit() else None
         raise from_errno(
             int(code) if code.isdigit() else errno.EIO,
             syscall=syscall,
-            kind=kind,
+            kind=kind or kinds,
             pid=process.pid,
-            detail=None if kind is not None else detail or None,
+            path=path or None,
         )
     raise NamespaceError(
         errno.EIO,
@@ -227,13 +229,6 @@ def _expect(process: subprocess.Popen[bytes], kinds: Kind, tag: str) -> str:
         pid=process.pid,
         detail=f"the helper process ended early ({line or 'no answer'})",
     )
-
-
-def _kind_of(detail: str, kinds: Kind) -> Kind | None:
-    """The kinds a helper's failure line names by number, if it does."""
-    if detail.isdigit() and int(detail) & int(Kind.all()):
-        return Kind(int(detail) & int(Kind.all()))
-    return kinds if detail == "" else None
 
 
 def _write_maps(pid: int, options: SetOptions) -> None:

@@ -259,7 +259,17 @@ def _way_back(kind: Kind) -> int:
     home = _thread.home
     fd = home.get(kind)
     if fd is None:
-        fd = home[kind] = _open_thread_ns(kind)
+        fd = _open_thread_ns(kind)
+        if not _sys.may_return(fd):
+            os.close(fd)
+            raise UnsupportedKindError(
+                errno.EPERM,
+                syscall="setns",
+                kind=kind,
+                detail="this thread could not come back: its namespace belongs to an "
+                "ancestor user namespace (rootless mode); use run_sync or run",
+            )
+        home[kind] = fd
     return fd
 
 

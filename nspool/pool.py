@@ -109,7 +109,12 @@ class _Creator:
         self.links: _ThreadLinks | None = None
         if not self.in_place:
             return
-        self.home = _Home(use_anchor=False)
+        self.home = _Home(use_anchor=False, spawner=False)
+        if not self.home.returnable:  # rootless: a creator could never come back
+            self.in_place = False
+            self.home.close()
+            self.home = None
+            return
         self.links = _ThreadLinks()
 
     def make(

@@ -52,6 +52,7 @@ import errno
 import itertools
 import logging
 import os
+import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -150,6 +151,11 @@ class _Discard(Exception):
     """Raised inside a worker when its thread must not be reused."""
 
 
+class _Spent(Exception):
+    """Raised inside a worker that ran a call in a set and cannot go home
+    (rootless mode): it exits, healthy, and a fresh thread takes over."""
+
+
 class _Call:
     """One submitted call and where its outcome goes.
 
@@ -223,7 +229,7 @@ class _Home:
     Owned by the ``Workers`` and closed when its last thread is gone.
     """
 
-    def __init__(self, use_anchor: bool) -> None:
+    def __init__(self, use_anchor: bool, *, spawner: bool = True) -> None:
         self._users = 1
         self._users_lock = threading.Lock()
         self.fds: dict[Kind, int] = {}
@@ -231,9 +237,21 @@ class _Home:
         self.anchor_fd = -1
         self._anchor: threading.Thread | None = None
         self._anchor_stop = threading.Lock()
+        self._spawner: threading.Thread | None = None
+        self._to_start: queue.SimpleQueue[tuple[threading.Thread, Future[None]] | None] = (
+            queue.SimpleQueue()
+        )
         try:
             for kind in _CHECKED:
                 self.fds[kind] = _open_thread_ns(kind)
+            #: Whether a thread that left home can ``setns`` back. Not in
+            #: rootless mode: home then belongs to an ancestor user namespace,
+            #: in which this process has no capabilities.
+            self.returnable = all(_sys.may_return(fd) for fd in self.fds.values())
+            if not self.returnable:
+                use_anchor = False
+                if spawner:
+                    self._start_spawner()
             self.root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             # A forced return sets pid_for_children to the anchor's own pid
             # namespace: usable only if home's pid_for_children is that one.
@@ -268,6 +286,35 @@ class _Home:
                 raise
             self._stop_anchor()
 
+    def _start_spawner(self) -> None:
+        """A home thread that starts the worker threads (see :meth:`start`)."""
+
+        def start_threads() -> None:
+            while (item := self._to_start.get()) is not None:
+                thread, started = item
+                try:
+                    thread.start()
+                except BaseException as exc:
+                    started.set_exception(exc)
+                else:
+                    started.set_result(None)
+
+        self._spawner = threading.Thread(target=start_threads, name="nspool-spawner", daemon=True)
+        self._spawner.start()
+
+    def start(self, thread: threading.Thread) -> None:
+        """Start ``thread`` so that it begins at home. A new thread begins in
+        the namespaces of the thread that starts it; where threads cannot
+        come home (rootless mode) a thread that has left home (a worker
+        after its call, a submitter inside a set) cannot start one, so the
+        spawner, which never leaves, starts them all."""
+        if self._spawner is None:
+            thread.start()
+            return
+        started: Future[None] = Future()
+        self._to_start.put((thread, started))
+        started.result()
+
     def _stop_anchor(self) -> None:
         anchor, self._anchor = self._anchor, None
         if anchor is not None:
@@ -291,6 +338,11 @@ class _Home:
 
     def close(self) -> None:
         self._stop_anchor()
+        spawner, self._spawner = self._spawner, None
+        if spawner is not None:
+            self._to_start.put(None)
+            if spawner is not threading.current_thread():
+                spawner.join()
         fds = [*self.fds.values(), self.root, self.anchor_fd]
         self.fds, self.root, self.anchor_fd = {}, -1, -1
         _close_fds(fd for fd in fds if fd >= 0)
@@ -443,6 +495,9 @@ class _Worker:
             return True
         try:
             self._run(call)
+        except _Spent:
+            self._retire(call, discarded=False, spent=True)
+            return False
         except _Discard as exc:
             logger.warning("nspool worker %s discarded: %s", self.thread.name, exc)
             self._retire(call, discarded=True)
@@ -537,6 +592,11 @@ class _Worker:
         one ``setns``, whatever the callable did to it.
         :data:`CHECK_EVERY_KIND` reads every kind.
         """
+        if not self.home.returnable:
+            self._check(_CHECKED, expected, "after the call")
+            if kind_bits:
+                raise _Spent
+            return
         anchor = self.home.anchor_fd
         if anchor < 0 or CHECK_EVERY_KIND:
             checked: Iterable[Kind] = _CHECKED
@@ -608,10 +668,10 @@ class _Worker:
         thread sharing it would see."""
         os.chdir(f"/proc/{os.getpid()}/cwd")
 
-    def _retire(self, call: _Call | None, *, discarded: bool) -> None:
+    def _retire(self, call: _Call | None, *, discarded: bool, spent: bool = False) -> None:
         workers = self.workers_ref()
         if workers is not None:
-            workers._forget(self, discarded=discarded)
+            workers._forget(self, discarded=discarded, spent=spent)
         if call is not None:
             call.deliver()
 
@@ -747,7 +807,7 @@ class Workers(Executor):
             worker.wake.release()
             return
         try:
-            worker.thread.start()
+            self._home.start(worker.thread)
         except BaseException:
             with self._lock:
                 self._threads.discard(worker)
@@ -780,9 +840,9 @@ class Workers(Executor):
                 return False
             return True
 
-    def _forget(self, worker: _Worker, *, discarded: bool) -> None:
-        """A worker thread is leaving; if it was discarded and calls are
-        waiting, a fresh thread takes its place."""
+    def _forget(self, worker: _Worker, *, discarded: bool, spent: bool = False) -> None:
+        """A worker thread is leaving; if it was discarded (or spent, in
+        rootless mode) and calls are waiting, a fresh thread takes its place."""
         replacement: _Worker | None = None
         with self._lock:
             self._threads.discard(worker)
@@ -790,11 +850,11 @@ class Workers(Executor):
                 self._idle.remove(worker)
             if discarded:
                 self._discarded += 1
-                if self._queue and not self._shutdown:
-                    replacement = _Worker(self, self._queue.popleft())
-                    self._threads.add(replacement)
+            if (discarded or spent) and self._queue and not self._shutdown:
+                replacement = _Worker(self, self._queue.popleft())
+                self._threads.add(replacement)
         if replacement is not None:
-            replacement.thread.start()
+            self._home.start(replacement.thread)
 
     # -- lifetime -----------------------------------------------------------------
 

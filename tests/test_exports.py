@@ -23,6 +23,7 @@ EXPECTED = {
     "WorkersStats",
     "current",
     "default_workers",
+    "enter_user_namespace",
 }
 
 
@@ -38,5 +39,5 @@ def test_no_other_public_names() -> None:
     """Nothing public leaks into the package namespace besides __all__ and
     the submodules."""
     public = {n for n in vars(nspool) if not n.startswith("_")}
-    submodules = {"errors", "kinds", "nsset", "workers", "net", "pool", "aio", "cli"}
+    submodules = {"errors", "kinds", "nsset", "workers", "net", "pool", "aio", "cli", "rootless"}
     assert public - submodules == EXPECTED

@@ -28,6 +28,7 @@ import errno
 import fcntl
 import os
 import signal
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -435,6 +436,17 @@ def owner_id(fd: int) -> int:
         return os.fstat(owner).st_ino
     finally:
         os.close(owner)
+
+
+def python() -> str:
+    """The interpreter to start nspool's small helper processes with (an
+    init, a user-namespace helper): ``sys.executable``, or, where this
+    process may not reach that path (an unprivileged user whose interpreter
+    lives under a private home), ``/proc/self/exe``, which names the running
+    binary without walking its path."""
+    if os.access(sys.executable, os.X_OK):
+        return sys.executable
+    return "/proc/self/exe"
 
 
 def may_return(fd: int) -> bool:

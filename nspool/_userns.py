@@ -28,7 +28,6 @@ import errno
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Mapping
 
 from . import _sys
@@ -170,7 +169,7 @@ def make_in_helper(
     config["proc"] = PROC_FLAGS if options.private_proc else 0
     try:
         process = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _HELPER_SOURCE, json.dumps(config)],
+            [_sys.python(), "-I", "-S", "-c", _HELPER_SOURCE, json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -19,7 +19,6 @@ import asyncio
 import os
 import socket
 import subprocess
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,7 +32,7 @@ import anyio.to_thread
 import sniffio
 
 from . import _sys
-from .kinds import Kind
+from .kinds import SETNS_ORDER, Kind
 from .nsset import NamespaceSet
 from .pool import Pool
 from .workers import Workers, default_workers
@@ -509,27 +508,32 @@ async def open_process_in(
     shell = isinstance(command, (str, bytes))
     args: Any = command if shell or isinstance(command, os.PathLike) else list(command)
     executor = default_workers()
-    # A thread cannot join a user or time namespace other than its own:
-    # the worker joins the rest, and the process joins those itself.
-    beyond = [
-        k
+    # A thread cannot join a user or time namespace other than its own, and
+    # without privileges in its own user namespace it cannot join those a
+    # user namespace owns: then the process joins the set itself, user
+    # first, before exec; the worker joins only the pid namespace (a
+    # process's own setns into one would reach only its children).
+    beyond = any(
+        k in s.kinds and s.id(k) != executor._home.ids.get(k, s.id(k))
         for k in (Kind.USER, Kind.TIME)
-        if k in s.kinds and s.id(k) != executor._home.ids.get(k, s.id(k))
-    ]
+    )
     inner: NamespaceSet | None = s
     own: dict[Kind, int] = {}
     if beyond:
-        rest = s.kinds & ~(Kind.USER | Kind.TIME)
-        inner = s.dup(rest) if rest else None
+        inner = s.dup(Kind.PID) if Kind.PID in s.kinds else None
         try:
-            own = {k: os.dup(fd) for k, fd in s.fds(Kind(sum(beyond))).items()}
+            own = {k: os.dup(fd) for k, fd in s.fds(s.kinds & ~Kind.PID).items()}
         except BaseException:
             if inner is not None:
                 inner.close()
             raise
         argv = ["/bin/sh", "-c", os.fsdecode(args)] if shell else [os.fspath(a) for a in args]
-        spec = ",".join(f"{fd}:{int(k)}" for k, fd in own.items())
-        args = [sys.executable, "-I", "-S", "-c", _ENTER_SOURCE, spec, *argv]
+        order = [k for k in SETNS_ORDER if k in own]
+        spec = ",".join(f"{own[k]}:{int(k)}" for k in order)
+        # cwd is looked up after joining: a setns into a mount namespace
+        # moves the process to its root.
+        cwd = os.fsdecode(popen_options.pop("cwd", "") or "")
+        args = [_sys.python(), "-I", "-S", "-c", _ENTER_SOURCE, spec, cwd, *argv]
         shell = False
         popen_options["pass_fds"] = (*popen_options.get("pass_fds", ()), *own.values())
 
@@ -574,12 +578,13 @@ async def open_process_in(
 
 
 # Run in the process started for a set with a user or time namespace other
-# than the workers': join those (a single-threaded process may), then exec
-# the command. argv: "FD:NSTYPE,..." then the command.
+# than the workers': join the set (a single-threaded process may join a
+# user or time namespace), change to cwd, then exec the command.
+# argv: "FD:NSTYPE,..." (in setns order), cwd or "", then the command.
 _ENTER_SOURCE = """\
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
-for spec in sys.argv[1].split(","):
+for spec in filter(None, sys.argv[1].split(",")):
     fd, nstype = (int(v) for v in spec.split(":"))
     if libc.setns(fd, nstype) == -1:
         err = ctypes.get_errno()
@@ -587,9 +592,11 @@ for spec in sys.argv[1].split(","):
         os._exit(126)
     os.close(fd)
 try:
-    os.execvp(sys.argv[2], sys.argv[2:])
+    if sys.argv[2]:
+        os.chdir(sys.argv[2])
+    os.execvp(sys.argv[3], sys.argv[3:])
 except OSError as exc:
-    os.write(2, ("nspool: %s: %s\\n" % (sys.argv[2], exc.strerror)).encode())
+    os.write(2, ("nspool: %s: %s\\n" % (exc.filename or sys.argv[3], exc.strerror)).encode())
     os._exit(127)
 """
 

@@ -27,7 +27,6 @@ import errno
 import os
 import socket as _socket
 import subprocess
-import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -155,7 +154,7 @@ class _PidInit:
         ``/proc`` (the calling thread must be in a new mount namespace),
         and this waits until it has.
         """
-        argv = [sys.executable, "-I", "-S", "-c", _INIT_SOURCE]
+        argv = [_sys.python(), "-I", "-S", "-c", _INIT_SOURCE]
         if mount_proc:
             argv.append(str(PROC_FLAGS))
         try:

@@ -717,6 +717,9 @@ class Workers(Executor):
         self._idle: list[_Worker] = []
         self._queue: collections.deque[_Call] = collections.deque()
         self._threads: set[_Worker] = set()
+        # Threads forgotten (discarded or spent) but perhaps not yet ended:
+        # shutdown(wait=True) joins them too.
+        self._leaving: set[threading.Thread] = set()
         self._shutdown = False
         self._calls = 0
         self._discarded = 0
@@ -846,6 +849,8 @@ class Workers(Executor):
         replacement: _Worker | None = None
         with self._lock:
             self._threads.discard(worker)
+            self._leaving = {t for t in self._leaving if t.is_alive()}
+            self._leaving.add(worker.thread)
             with contextlib.suppress(ValueError):
                 self._idle.remove(worker)
             if discarded:
@@ -873,7 +878,7 @@ class Workers(Executor):
             if cancel_futures:
                 cancelled = list(self._queue)
                 self._queue.clear()
-            threads = list(self._threads)
+            threads = [w.thread for w in self._threads] + list(self._leaving)
         for call in cancelled:
             if call.future is not None:
                 call.future.cancel()
@@ -882,9 +887,9 @@ class Workers(Executor):
                 call.deliver()
         self._stop_idle()
         if wait:
-            for worker in threads:
-                if worker.thread is not threading.current_thread() and worker.thread.ident:
-                    worker.thread.join()
+            for thread in threads:
+                if thread is not threading.current_thread() and thread.ident:
+                    thread.join()
 
     def stats(self) -> WorkersStats:
         """Counts of threads and calls, for monitoring and tests."""

@@ -39,5 +39,16 @@ def test_no_other_public_names() -> None:
     """Nothing public leaks into the package namespace besides __all__ and
     the submodules."""
     public = {n for n in vars(nspool) if not n.startswith("_")}
-    submodules = {"errors", "kinds", "nsset", "workers", "net", "pool", "aio", "cli", "rootless"}
+    submodules = {
+        "errors",
+        "kinds",
+        "nsset",
+        "workers",
+        "net",
+        "pool",
+        "aio",
+        "cli",
+        "rootless",
+        "demo",
+    }
     assert public - submodules == EXPECTED

@@ -49,6 +49,9 @@ class Row:
     design: str = ""  # what DESIGN.md says
     ratio: float | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Show the ratio as a speed-up too (baseline's median / this median):
+    #: for rows whose point is how many times faster they are.
+    faster: bool = False
 
     @property
     def median(self) -> float:
@@ -71,6 +74,7 @@ class Row:
             "mean": statistics.fmean(self.samples),
             "baseline": self.baseline,
             "ratio": self.ratio,
+            "speedup": None if not self.ratio else 1 / self.ratio,
             "design": self.design,
             **self.extra,
         }
@@ -151,6 +155,18 @@ def fill_ratios(rows: Sequence[Row]) -> None:
             row.ratio = row.median / by_name[row.baseline].median
 
 
+def show_ratio(row: Row) -> str:
+    """The ratio cell: ``baseline``, ``1.23x``, or with ``faster``
+    ``0.0213x = 47x faster``."""
+    if row.ratio is None:
+        return "baseline"
+    text = f"{row.ratio:.2f}x" if row.ratio >= 0.1 else f"{row.ratio:.3g}x"
+    if row.faster and row.ratio > 0:
+        speedup = 1 / row.ratio
+        text += f" = {speedup:,.1f}x faster" if speedup < 10 else f" = {speedup:,.0f}x faster"
+    return text
+
+
 def show(value: float, unit: str) -> str:
     if unit == "ops/s":
         return f"{value:,.0f}/s"
@@ -169,7 +185,7 @@ def render(rows: Sequence[Row], meta: dict[str, Any], console: Console, *, title
     )
     table = Table(title=f"{title} (ratio = median / baseline's median, same run)")
     table.add_column("", justify="right")
-    table.add_column("measurement")
+    table.add_column("measurement", overflow="fold")
     table.add_column("median", justify="right")
     table.add_column("p90", justify="right")
     table.add_column("p99", justify="right")
@@ -179,7 +195,7 @@ def render(rows: Sequence[Row], meta: dict[str, Any], console: Console, *, title
     previous = ""
     for row in rows:
         group, previous = ("" if row.group == previous else row.group), row.group
-        ratio = "baseline" if row.ratio is None else f"{row.ratio:.2f}x"
+        ratio = show_ratio(row)
         # A rate is one sample per round, not per op: its quantiles mean little.
         rate = row.unit == "ops/s"
         p90 = "-" if rate else show(row.quantile(0.9), row.unit)
@@ -246,8 +262,9 @@ def report(
     elapsed: float,
     out: Path,
     console: Console,
-) -> None:
-    """Fill the ratios, print the table and write the JSON of one run."""
+) -> dict[str, Any]:
+    """Fill the ratios, print the table and write the JSON of one run;
+    return the run's metadata (as written)."""
     fill_ratios(rows)
     meta: dict[str, Any] = {
         "kernel": os.uname().release,
@@ -262,6 +279,7 @@ def report(
     }
     render(rows, meta, console, title=title)
     write_json(out, meta, rows, console)
+    return meta
 
 
 def write_json(path: Path, meta: dict[str, Any], rows: Sequence[Row], console: Console) -> None:

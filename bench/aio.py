@@ -169,12 +169,16 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
     return rows
 
 
+#: The heading of this benchmark's table (and plot).
+TITLE = "nspool async front end (asyncio)"
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_main(
         argv,
         name="aio",
         doc=__doc__,
-        title="nspool async front end (asyncio)",
+        title=TITLE,
         quick=QUICK,
         full=FULL,
         measure=measure,

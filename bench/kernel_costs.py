@@ -583,12 +583,16 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
     return rows
 
 
+#: The heading of this benchmark's table (and plot).
+TITLE = "kernel costs"
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_main(
         argv,
         name="kernel_costs",
         doc=__doc__,
-        title="kernel costs",
+        title=TITLE,
         quick=QUICK,
         full=FULL,
         measure=measure,

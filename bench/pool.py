@@ -493,12 +493,16 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
     return rows
 
 
+#: The heading of this benchmark's table (and plot).
+TITLE = "nspool Pool: fresh netns per request"
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_main(
         argv,
         name="pool",
         doc=__doc__,
-        title="nspool Pool: fresh netns per request",
+        title=TITLE,
         quick=QUICK,
         full=FULL,
         measure=measure,

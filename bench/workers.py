@@ -337,12 +337,16 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
     return rows
 
 
+#: The heading of this benchmark's table (and plot).
+TITLE = "nspool workers: per-call overhead"
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_main(
         argv,
         name="workers",
         doc=__doc__,
-        title="nspool workers: per-call overhead",
+        title=TITLE,
         quick=QUICK,
         full=FULL,
         measure=measure,

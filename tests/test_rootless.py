@@ -141,7 +141,8 @@ def test_rootless_pool_runs_calls_with_lo_up_and_leaves_nothing(syscall_backend:
     assert len({cookie for cookie, _ in calls}) == 25  # a fresh netns each
     # Each netns holds lo and its own witness end, and nothing else.
     for _, names in calls:
-        assert len(names) == 2 and "lo" in names, names
+        assert len(names) == 2, names
+        assert "lo" in names, names
         assert next(n for n in names if n != "lo").startswith("in"), names
     process = next(r[1] for r in out["results"] if r[0] == "process")
     assert "lo:" in process

@@ -5,7 +5,9 @@ worker threads home, and in one that entered its own user namespace first.
 
 After ``nspool.enter_user_namespace()`` the process's home namespaces belong
 to the initial user namespace, so a worker that ran a call in a set cannot
-``setns`` back: it exits and a home thread starts its successor. Each mode
+``setns`` back: it waits in its executor's *limbo* (empty namespaces of its
+own) and serves only sets that hold the kinds it left; pool creators do the
+same. Each mode
 runs in a child process of its own (rootless mode is process-wide and
 possible only while single-threaded), alternating in rounds, both as root:
 
@@ -136,7 +138,7 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
             base,
             Row(
                 key,
-                f"{label}, rootless (a thread per call in a set)",
+                f"{label}, rootless (workers wait in limbo)",
                 "us",
                 samples["rootless"][key],
                 base.name,

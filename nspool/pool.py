@@ -110,11 +110,6 @@ class _Creator:
         if not self.in_place:
             return
         self.home = _Home(use_anchor=False, spawner=False)
-        if not self.home.returnable:  # rootless: a creator could never come back
-            self.in_place = False
-            self.home.close()
-            self.home = None
-            return
         self.links = _ThreadLinks()
 
     def make(
@@ -156,13 +151,18 @@ class _Creator:
     def _go_home(self, kinds: Kind) -> None:
         """Back home in ``kinds`` by fd, then check every link: the hook may
         have moved the thread in other kinds too."""
-        assert self.home is not None
+        home = self.home
+        assert home is not None
         assert self.links is not None
+        # In rootless mode home cannot be reached again: the creator waits
+        # in limbo instead, so that it keeps no set alive (see workers).
+        back = home.fds if home.returnable else home.limbo_fds
+        back_ids = home.ids if home.returnable else home.limbo_ids
         try:
             for kind in kinds.singles():
-                _sys.setns(self.home.fds[kind], kind)
+                _sys.setns(back[kind], kind)
             for kind, ino in self.links.read(_CHECKED).items():
-                if ino != self.home.ids[kind]:
+                if ino != (back_ids[kind] if kind in kinds else home.ids[kind]):
                     raise _Stranded(f"still in another {kind} namespace after going home")
         except OSError as exc:
             raise _Stranded(f"cannot go home: {exc}") from exc

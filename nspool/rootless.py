@@ -10,11 +10,20 @@ namespace, and any namespace it creates is owned by it.
 The process's other namespaces (its "home" network, mount, ... namespaces)
 still belong to the initial user namespace, where it has no capabilities: a
 thread that leaves them can never ``setns`` back (``EPERM``). nspool designs
-for that: a worker runs one call in a set and then exits instead of going
-home, and a home thread that never leaves starts its successors (the cost,
-a thread start per call, is measured in ``bench/rootless.py``); pool creators
-make each set on a throwaway thread; ``call_inline``, which returns the
-calling thread itself, is refused.
+for that:
+
+- a worker that ran a call in a set moves on into its executor's *limbo*,
+  empty net, uts, ipc and cgroup namespaces made for the purpose, so that
+  the idle thread keeps no set alive; from then on it serves only sets that
+  hold every kind it has left home in (a pool's sets all do). A worker
+  that entered a mount or pid namespace exits after its call instead;
+- new worker threads are started by a *spawner* thread that never leaves
+  home, since a thread begins in the namespaces of the one that starts it;
+- pool creators wait in a limbo of their own between sets;
+- ``call_inline``, which would strand the calling thread, is refused.
+
+``bench/rootless.py`` measures what this costs against a process whose
+workers can go home.
 """
 
 from __future__ import annotations

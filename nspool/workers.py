@@ -115,6 +115,13 @@ def _checked_after(kind_bits: int) -> tuple[Kind, ...]:
     return checked
 
 
+#: Kinds a worker that cannot go home (rootless mode) parks in its executor's
+#: *limbo* set between calls instead: empty namespaces of its own, so that an
+#: idle thread keeps no set alive. A worker that has left home in another
+#: kind (mnt, pid) exits after its call instead.
+LIMBO_KINDS = Kind.NET | Kind.UTS | Kind.IPC | Kind.CGROUP
+_LIMBO_BITS = int(LIMBO_KINDS)
+
 #: Order for going home: mnt first, so that the worker is back in its own
 #: filesystem view before anything else.
 _HOME_ORDER = tuple(reversed(SETNS_ORDER))
@@ -152,8 +159,9 @@ class _Discard(Exception):
 
 
 class _Spent(Exception):
-    """Raised inside a worker that ran a call in a set and cannot go home
-    (rootless mode): it exits, healthy, and a fresh thread takes over."""
+    """Raised inside a worker that cannot go home (rootless mode) and has
+    left it in a kind its limbo does not cover: it exits, healthy, and a
+    fresh thread takes over."""
 
 
 class _Call:
@@ -248,8 +256,15 @@ class _Home:
             #: rootless mode: home then belongs to an ancestor user namespace,
             #: in which this process has no capabilities.
             self.returnable = all(_sys.may_return(fd) for fd in self.fds.values())
+            #: Where threads that cannot come home wait between calls.
+            self.limbo: NamespaceSet | None = None
+            self.limbo_fds: dict[Kind, int] = {}
+            self.limbo_ids: dict[Kind, int] = {}
             if not self.returnable:
                 use_anchor = False
+                self.limbo = NamespaceSet.unshare(LIMBO_KINDS)
+                self.limbo_fds = self.limbo.fds()
+                self.limbo_ids = self.limbo.ids()
                 if spawner:
                     self._start_spawner()
             self.root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -338,6 +353,9 @@ class _Home:
 
     def close(self) -> None:
         self._stop_anchor()
+        limbo, self.limbo = getattr(self, "limbo", None), None
+        if limbo is not None:
+            limbo.close()
         spawner, self._spawner = self._spawner, None
         if spawner is not None:
             self._to_start.put(None)
@@ -404,6 +422,11 @@ class _Worker:
         # Whether the thread has its own cwd and root (unshare(CLONE_FS)),
         # which joining a mount namespace requires.
         self.own_fs = False
+        #: Rootless mode: the kinds in which the thread is in limbo, not at
+        #: home; it serves only sets that hold all of them.
+        self.strayed = 0
+        #: Whether its exit should let a fresh thread take queued calls.
+        self.spent = False
 
     # -- the thread -----------------------------------------------------------
 
@@ -480,7 +503,7 @@ class _Worker:
             if self.wake.acquire(timeout=IDLE_TIMEOUT):
                 call, self.call = self.call, None
                 if call is None:
-                    self._retire(None, discarded=False)
+                    self._retire(None, discarded=False, spent=self.spent)
                 return call
             workers = self.workers_ref()
             if workers is None or workers._retire_idle(self):
@@ -594,8 +617,7 @@ class _Worker:
         """
         if not self.home.returnable:
             self._check(_CHECKED, expected, "after the call")
-            if kind_bits:
-                raise _Spent
+            self._to_limbo()
             return
         anchor = self.home.anchor_fd
         if anchor < 0 or CHECK_EVERY_KIND:
@@ -626,6 +648,28 @@ class _Worker:
         except OSError as exc:
             raise _Discard(f"cannot go home: {exc}") from exc
         self._check(entered, self.home.ids, "after going home")
+
+    def _to_limbo(self) -> None:
+        """Rootless mode, after a call: move out of the set's namespaces into
+        the executor's limbo (home cannot be reached again), so that the
+        idle thread keeps no set alive. A thread that left home in a kind
+        limbo does not cover raises :class:`_Spent`."""
+        home, here = self.home, self.here
+        strayed = 0
+        for kind in _CHECKED:
+            where = here[kind]
+            if where == home.ids[kind]:
+                continue
+            if not int(kind) & _LIMBO_BITS:
+                raise _Spent
+            if where != home.limbo_ids[kind]:
+                try:
+                    _setns()(home.limbo_fds[kind], kind)
+                except OSError as exc:
+                    raise _Discard(f"cannot leave the set: {exc}") from exc
+                here[kind] = home.limbo_ids[kind]
+            strayed |= int(kind)
+        self.strayed = strayed
 
     def _after(self, call: _Call) -> None:
         """The worker is home and healthy: mark it idle (or give it the next
@@ -715,6 +759,8 @@ class Workers(Executor):
         self._home = _Home(USE_HOME_ANCHOR)
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
+        # Rootless mode only: idle workers in limbo, by the kinds they left.
+        self._strayed: dict[int, list[_Worker]] = {}
         self._queue: collections.deque[_Call] = collections.deque()
         self._threads: set[_Worker] = set()
         # Threads forgotten (discarded or spent) but perhaps not yet ended:
@@ -724,7 +770,9 @@ class Workers(Executor):
         self._calls = 0
         self._discarded = 0
         # Runs once: at shutdown, or when the executor is collected unshut.
-        self._stop_idle = weakref.finalize(self, _stop_idle, self._lock, self._idle, self._home)
+        self._stop_idle = weakref.finalize(
+            self, _stop_idle, self._lock, self._idle, self._strayed, self._home
+        )
 
     # -- submitting ---------------------------------------------------------------
 
@@ -790,15 +838,32 @@ class Workers(Executor):
                 raise RuntimeError("cannot schedule new calls after shutdown")
             self._calls += 1
             alone = len(self._idle) == len(self._threads)  # no call is running
-            if self._idle:
+            evicted: _Worker | None = None
+            if self._strayed and call.nsset is not None:
+                worker = self._take_strayed(call.nsset._bits)
+            if worker is not None:
+                worker.call = call
+            elif self._idle:
                 worker = self._idle.pop()
                 worker.call = call
             elif len(self._threads) < self._max_workers:
                 worker = _Worker(self, call)
                 self._threads.add(worker)
                 new = True
+            elif self._strayed:
+                # Full, and the idle threads cannot serve this call: one of
+                # them makes way for a fresh one.
+                evicted = self._take_strayed(-1)
+                assert evicted is not None
+                evicted.call = None
+                self._threads.discard(evicted)
+                worker = _Worker(self, call)
+                self._threads.add(worker)
+                new = True
             else:
                 self._queue.append(call)
+        if evicted is not None:
+            evicted.wake.release()
         if worker is None:
             return
         same_cpu = self._same_cpu
@@ -822,7 +887,9 @@ class Workers(Executor):
         """A worker is home and healthy: hand it the next queued call or put
         it on the idle list, then deliver ``deliver``'s outcome."""
         with self._lock:
-            if self._queue:
+            if worker.strayed:
+                self._park_strayed(worker)
+            elif self._queue:
                 worker.call = self._queue.popleft()
                 worker.wake.release()
             elif self._shutdown:
@@ -833,14 +900,48 @@ class Workers(Executor):
         if deliver is not None:
             deliver.deliver()
 
+    # -- rootless mode: workers in limbo ------------------------------------------
+
+    def _take_strayed(self, set_bits: int) -> _Worker | None:
+        """Under the lock: an idle worker in limbo that may serve a set of
+        ``set_bits`` (it left home only in kinds the set holds; -1: any)."""
+        for strayed, parked in self._strayed.items():
+            if strayed & ~set_bits == 0:
+                worker = parked.pop()
+                if not parked:
+                    del self._strayed[strayed]
+                return worker
+        return None
+
+    def _park_strayed(self, worker: _Worker) -> None:
+        """Under the lock: hand a worker in limbo the first queued call it
+        may serve; else park it idle, or let it exit if calls it cannot
+        serve are waiting for room."""
+        strayed = worker.strayed
+        for i, queued in enumerate(self._queue):
+            if queued.nsset is not None and strayed & ~queued.nsset._bits == 0:
+                del self._queue[i]
+                worker.call = queued
+                worker.wake.release()
+                return
+        if self._shutdown or self._queue:
+            worker.spent = True
+            worker.call = None
+            worker.wake.release()
+            return
+        self._strayed.setdefault(strayed, []).append(worker)
+
     def _retire_idle(self, worker: _Worker) -> bool:
         """An idle worker timed out: remove it unless a call was just handed
         to it. Returns whether it should exit."""
         with self._lock:
+            parked = self._strayed.get(worker.strayed, []) if worker.strayed else self._idle
             try:
-                self._idle.remove(worker)
+                parked.remove(worker)
             except ValueError:
                 return False
+            if worker.strayed and not parked:
+                del self._strayed[worker.strayed]
             return True
 
     def _forget(self, worker: _Worker, *, discarded: bool, spent: bool = False) -> None:
@@ -855,7 +956,12 @@ class Workers(Executor):
                 self._idle.remove(worker)
             if discarded:
                 self._discarded += 1
-            if (discarded or spent) and self._queue and not self._shutdown:
+            if (
+                (discarded or spent)
+                and self._queue
+                and not self._shutdown
+                and len(self._threads) < self._max_workers
+            ):
                 replacement = _Worker(self, self._queue.popleft())
                 self._threads.add(replacement)
         if replacement is not None:
@@ -911,12 +1017,18 @@ class Workers(Executor):
         )
 
 
-def _stop_idle(lock: threading.Lock, idle: list[_Worker], home: _Home) -> None:
+def _stop_idle(
+    lock: threading.Lock,
+    idle: list[_Worker],
+    strayed: dict[int, list[_Worker]],
+    home: _Home,
+) -> None:
     """Tell idle workers to exit and drop the executor's hold on its home.
     Holds no reference to the executor, so it can run as its finalizer."""
     with lock:
-        leaving = list(idle)
+        leaving = [*idle, *(w for parked in strayed.values() for w in parked)]
         idle.clear()
+        strayed.clear()
     for worker in leaving:
         worker.call = None
         worker.wake.release()

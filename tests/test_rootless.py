@@ -227,3 +227,78 @@ def test_enter_user_namespace_refuses_a_threaded_process(syscall_backend: str) -
     out = run_as_nobody(THREADED_TOO_LATE, syscall_backend)
     assert "already has 2 threads" in out["error"]
     assert out["unchanged"]
+
+
+LIMBO = """
+    import json, os, socket, subprocess, threading, time
+    import nspool
+    from nspool import Kind, NamespaceSet, Workers
+
+    nspool.enter_user_namespace()
+    out = {}
+    witness = NamespaceSet.unshare(Kind.NET)
+    wfd = witness.fds(Kind.NET)[Kind.NET]
+
+    def planted(n):
+        # A veth pair made inside s (by ip run on a default worker there),
+        # its other end in the witness netns.
+        s = NamespaceSet.unshare(Kind.NET)
+        s.run_sync(
+            subprocess.run,
+            ["ip", "link", "add", f"in{n}", "type", "veth", "peer", "name", f"out{n}",
+             "netns", f"/proc/self/fd/{wfd}"],
+            check=True, pass_fds=[wfd],
+        )
+        return s
+
+    def peers():
+        return sorted(name for _, name in socket.if_nameindex() if name != "lo")
+
+    def where():
+        return threading.current_thread().name, os.stat("/proc/thread-self/ns/net").st_ino
+
+    home_net = os.stat("/proc/thread-self/ns/net").st_ino
+    w = Workers(max_workers=1)
+    s1, s2 = planted(1), planted(2)
+    out["first"] = w.run_sync(s1, where)
+    out["second"] = w.run_sync(s2, where)
+    out["ids"] = [s1.id(Kind.NET), s2.id(Kind.NET)]
+    s1.close()
+    deadline = time.monotonic() + 20
+    while "out1" in witness.run_sync(peers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out["peers_after_s1_closed"] = witness.run_sync(peers)
+    out["threads_while_idle"] = w.stats().threads
+    out["no_set"] = w.submit(where).result()
+    out["home_net"] = home_net
+    with NamespaceSet.unshare(Kind.MNT) as m:
+        out["mnt_call"] = w.run_sync(m, where)[0]
+    out["after_mnt"] = w.run_sync(s2, where)[0]
+    s2.close()
+    w.shutdown()
+    witness.close()
+    nspool.default_workers().shutdown()
+    out["discarded"] = w.stats().discarded
+    out["threads"] = [t.name for t in threading.enumerate()]
+    print(json.dumps(out))
+"""
+
+
+def test_rootless_workers_wait_in_limbo(syscall_backend: str) -> None:
+    """In rootless mode a worker that ran in one set serves the next set
+    too (one thread, max_workers=1), and idle in limbo it keeps no set
+    alive: the witness of a closed set vanishes while the worker lives. A
+    call without a set gets a fresh thread at home; a worker that entered a
+    mount namespace is replaced after its call. None of it is a fault."""
+    out = run_as_nobody(LIMBO, syscall_backend)
+    first, second = out["first"], out["second"]
+    assert first[0] == second[0]  # the same thread served both sets
+    assert [first[1], second[1]] == out["ids"]
+    assert out["peers_after_s1_closed"] == ["out2"]
+    assert out["threads_while_idle"] == 1
+    no_set_thread, no_set_net = out["no_set"]
+    assert no_set_thread != first[0]
+    assert no_set_net == out["home_net"]
+    assert out["after_mnt"] != out["mnt_call"]
+    assert out["discarded"] == 0
+    assert out["threads"] == ["MainThread"]

@@ -15,7 +15,8 @@ distinct namespaces that served.
 The variants, measured in the same process, in interleaved rounds:
 
 * ``nspool Pool``: ``await pool.run(handle, n)`` on a ``Pool(Kind.NET,
-  warm=...)``; the set is thrown away after the request.
+  warm=..., creators=1)`` (see :data:`CREATORS`); the set is thrown away
+  after the request.
 * ``netns per request`` (the baseline): on an anyio worker thread,
   ``unshare(CLONE_NEWNET)``, ``lo`` up, the request, then ``setns`` back home
   by fd. The quickest way to do it by hand: the kernel's creation cost is
@@ -23,22 +24,42 @@ The variants, measured in the same process, in interleaved rounds:
 * ``ip netns per request``: ``ip netns add``, enter it by its
   ``/run/netns`` file, ``lo`` up, the request, back home, ``ip netns del``:
   shelling out to iproute2. At most :data:`IP_NETNS_MAX` requests, as it is
-  slow.
+  slow: on two CPUs it falls behind 400 requests a second, and its latency
+  is then mostly the wait behind the requests before it.
 
-Load is a closed loop: ``concurrency`` clients each send their next request
-as soon as the last one is answered. A request's latency runs from the
-moment its client sends it until its reply is checked; a variant's
-requests/s is its requests over the wall time of its rounds. Before each
-variant's turn the demo waits (at most :data:`SETTLE_MAX` seconds) for the
-CPUs to be quiet, since the kernel frees dropped namespaces in the
-background, and for the pool to be full again.
+Load is open loop, as a daemon sees it: requests arrive at ``rate`` a
+second on a fixed schedule (request ``i`` of a round at ``t0 + i / rate``),
+whether or not the earlier ones are answered, with at most ``concurrency``
+in flight; a request that finds them all busy waits for one. Its latency
+runs from its scheduled arrival until its reply is checked, so waiting for
+a slot, a late sender or a slow event loop all count (no coordinated
+omission; the sender wakes up to one timer tick early, and a request sent
+early is timed from its actual send). A variant's requests/s is its
+requests over the wall time of its rounds: the offered rate, as long as it
+keeps up. ``burst`` more requests in each round arrive all at once, before
+the paced ones, and are reported apart: a warm pool of at least that size
+absorbs them. Before each turn (paced or burst) the demo waits (at most
+:data:`SETTLE_MAX` seconds) for the CPUs to be quiet, since the kernel frees
+dropped namespaces in the background, and for the pool to be full again.
+
+``rate`` 0 is a closed loop instead: ``concurrency`` clients each
+send their next request as soon as the last one is answered, as fast as the
+machine goes, and the table adds the requests/s against the baseline.
 
 Reading the table: the pool takes the creation of a netns out of the
 request, not off the machine. Every variant creates and frees one netns per
 request; the pool does it on its creator and closer threads, ahead of
-demand. When requests come faster than the creators refill (the ``misses``
-line), or when the CPUs are all busy anyway, those threads compete with the
-requests, and the pool cannot beat the kernel's own creation rate.
+demand. Below saturation that is what a daemon wants: the request does not
+wait for the kernel, so latency drops (the ``p50``/``p99 vs baseline``
+columns), and a burst up to ``warm`` finds its netns ready (though a burst's
+latency is mostly serving that many requests at once on the CPUs at hand:
+the pool takes only the creations out of it). At saturation
+(``rate`` 0, or a rate above what the machine sustains) every variant is
+bounded by the kernel's rate of creating and destroying netns (about
+1,000-2,000 a second on two CPUs, most of it in the kernel), and the pool
+cannot beat it: it runs dry (the ``misses`` line), its threads compete with
+the requests for the CPUs, and it may well serve fewer requests a second
+than creating a netns in the request.
 
 The handler is a plain function with blocking sockets run on a worker: one
 thread hop per request. The async helpers (``s.create_tcp_listener``,
@@ -59,6 +80,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -95,6 +117,7 @@ __all__ = [
     "netns_cookie",
     "open_listener",
     "run",
+    "serve",
 ]
 
 #: Every request binds this address, each in its own netns.
@@ -114,6 +137,15 @@ IP_NETNS_MAX = 200
 SETTLE_MAX = 1.0
 SETTLE_BUSY = 0.15
 SETTLE_WINDOW = 0.05
+#: The pool's creator threads. One keeps up with the default rate (no
+#: misses at 400 requests a second on two CPUs); with two, the pool's p50
+#: there was 1.15x the baseline's instead of 0.6x: every take wakes all the
+#: creators, and they compete with the request for the GIL and the CPUs.
+CREATORS = 1
+#: How early (seconds) the sender of paced requests wakes up: the event
+#: loop's timers fire up to a millisecond late (epoll's resolution), which
+#: would be charged to the request as latency.
+TIMER_SLACK = 0.001
 
 #: ``<asm-generic/socket.h>``; Python 3.11 does not name it (Linux 5.14+).
 SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)
@@ -121,7 +153,7 @@ SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)
 POOL = "nspool Pool"
 PER_REQUEST = "netns per request"
 IP_NETNS = "ip netns per request"
-#: The variant the others' requests/s are compared with.
+#: The variant the others' latencies (and requests/s) are compared with.
 BASELINE = PER_REQUEST
 
 _THREAD_NETNS = "/proc/thread-self/ns/net"
@@ -259,8 +291,9 @@ def _ip_netns_request(request: int, name: str) -> int | None:
 
 @dataclasses.dataclass
 class Result:
-    """What one variant measured. Latencies in seconds, successful requests
-    only; ``seconds`` is the wall time of its rounds."""
+    """What one variant measured in one phase (paced or bursts). Latencies
+    in seconds, successful requests only; ``seconds`` is the wall time of
+    its rounds."""
 
     name: str
     planned: int
@@ -302,7 +335,9 @@ class Result:
             "p50_ms": ms(self.quantile(0.50)),
             "p90_ms": ms(self.quantile(0.90)),
             "p99_ms": ms(self.quantile(0.99)),
-            "ratio_vs_baseline": _ratio(self, baseline),
+            "p50_vs_baseline": _latency_ratio(self, baseline, 0.50),
+            "p99_vs_baseline": _latency_ratio(self, baseline, 0.99),
+            "requests_per_s_vs_baseline": _rate_ratio(self, baseline),
             "first_error": None if self.first_error is None else repr(self.first_error),
         }
 
@@ -310,15 +345,17 @@ class Result:
 Request = Callable[[int], Awaitable[int | None]]
 
 
-@dataclasses.dataclass
-class _Variant:
-    result: Result
-    call: Request
-    task: TaskID
-    numbers: Iterator[range]
+def _latency_ratio(result: Result, baseline: Result | None, q: float) -> float | None:
+    """``result``'s ``q`` latency quantile over the baseline's: below 1 is faster."""
+    mine = result.quantile(q)
+    theirs = None if baseline is None else baseline.quantile(q)
+    if mine is None or not theirs:
+        return None
+    return mine / theirs
 
 
-def _ratio(result: Result, baseline: Result | None) -> float | None:
+def _rate_ratio(result: Result, baseline: Result | None) -> float | None:
+    """``result``'s requests/s over the baseline's: above 1 is faster."""
     if baseline is None or baseline.rate <= 0 or result.done == 0:
         return None
     return result.rate / baseline.rate
@@ -330,34 +367,99 @@ def _chunks(total: int, rounds: int) -> Iterator[range]:
     return (range(a, b) for a, b in itertools.pairwise(edges))
 
 
-async def _serve(variant: _Variant, numbers: range, concurrency: int, progress: Progress) -> None:
-    """Serve the requests ``numbers`` with ``concurrency`` clients on the
-    event loop, recording into ``variant.result``. A failed request is
-    counted and its client goes on."""
-    result = variant.result
-    pending = iter(numbers)  # shared: each client takes the next number
+async def _record(
+    result: Result, call: Request, number: int, since: float, on_done: Callable[[], object]
+) -> None:
+    """Await ``call(number)`` and record it into ``result``: its latency
+    from ``since`` (a ``time.perf_counter()`` value) and its cookie, or the
+    failure (counted, the first one kept)."""
+    try:
+        cookie = await call(number)
+    except Exception as exc:
+        result.failures += 1
+        if result.first_error is None:
+            result.first_error = exc
+    else:
+        result.latencies.append(time.perf_counter() - since)
+        if cookie is not None:
+            result.cookies.add(cookie)
+    on_done()
 
-    async def client() -> None:
-        for number in pending:
-            started = time.perf_counter()
-            try:
-                cookie = await variant.call(number)
-            except Exception as exc:
-                result.failures += 1
-                if result.first_error is None:
-                    result.first_error = exc
-            else:
-                result.latencies.append(time.perf_counter() - started)
-                if cookie is not None:
-                    result.cookies.add(cookie)
-            progress.advance(variant.task)
 
+async def serve(
+    call: Request,
+    numbers: range,
+    result: Result,
+    *,
+    rate: float,
+    concurrency: int,
+    on_done: Callable[[], object] = lambda: None,
+) -> None:
+    """Send the requests ``numbers`` to ``call`` and record each into
+    ``result`` (then call ``on_done()``); adds the wall time, until the last
+    reply, to ``result.seconds``. A failed request is counted and the others
+    go on. Runs on the event loop, in a task group of its own.
+
+    ``rate`` above 0 is open loop: the ``i``-th request is due at ``start +
+    i / rate`` (``math.inf``: all at once) and is sent then, whatever the
+    earlier ones are doing, unless ``concurrency`` are in flight: then it
+    waits for one to finish, and so do the requests due after it. A
+    request's latency runs from when it was due (or from when it was sent,
+    if that was earlier: the sender wakes up :data:`TIMER_SLACK` early), so
+    every wait counts. ``rate`` 0 is closed loop: ``concurrency`` clients,
+    each sending its next request when the last is answered, timed from its
+    send.
+    """
     started = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(min(concurrency, len(numbers))):
-            tg.start_soon(client)
+    if rate > 0:
+        slots = anyio.Semaphore(concurrency)
+
+        async def send(number: int, since: float) -> None:
+            try:
+                await _record(result, call, number, since, on_done)
+            finally:
+                slots.release()
+
+        async with anyio.create_task_group() as tg:
+            for i, number in enumerate(numbers):
+                due = started + i / rate
+                early = due - time.perf_counter() - TIMER_SLACK
+                if early > 0:
+                    await anyio.sleep(early)
+                await slots.acquire()
+                tg.start_soon(send, number, min(due, time.perf_counter()))
+    else:
+        pending = iter(numbers)  # shared: each client takes the next number
+
+        async def client() -> None:
+            for number in pending:
+                await _record(result, call, number, time.perf_counter(), on_done)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(concurrency, len(numbers))):
+                tg.start_soon(client)
     result.seconds += time.perf_counter() - started
-    progress.update(variant.task, note=f"{result.rate:,.0f} req/s")
+
+
+@dataclasses.dataclass
+class _Variant:
+    call: Request
+    task: TaskID
+    paced: Result
+    paced_numbers: Iterator[range]
+    bursts: Result
+
+
+@dataclasses.dataclass
+class _Tally:
+    """The pool's hits and misses during one phase of the pool's variant."""
+
+    hits: int = 0
+    misses: int = 0
+
+    def add(self, before: PoolStats, after: PoolStats) -> None:
+        self.hits += after.hits - before.hits
+        self.misses += after.misses - before.misses
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -383,8 +485,11 @@ async def _settle(pool: Pool) -> None:
 
 @dataclasses.dataclass
 class _Run:
-    results: list[Result]
+    paced: list[Result]
+    bursts: list[Result]
     pool: PoolStats
+    pool_paced: _Tally
+    pool_bursts: _Tally
     seconds: float
 
 
@@ -410,12 +515,32 @@ async def _measure(args: argparse.Namespace, console: Console, with_ip: bool) ->
         TextColumn("{task.fields[note]}"),
         console=console,
     )
+    tallies = {"paced": _Tally(), "bursts": _Tally()}
     with Workers(max_workers=args.concurrency) as workers:
-        async with Pool(Kind.NET, warm=args.warm, workers=workers) as pool:
+        async with Pool(Kind.NET, warm=args.warm, workers=workers, creators=CREATORS) as pool:
 
             async def pooled(number: int) -> int | None:
                 # `handle` is looked up per call, so a test can swap it.
                 return await pool.run(handle, number)
+
+            async def turn(variant: _Variant, phase: str, numbers: range, rate: float) -> None:
+                """One variant's requests ``numbers`` of one phase, after
+                quiet CPUs and a full pool."""
+                result = variant.bursts if phase == "bursts" else variant.paced
+                await _settle(pool)
+                before = pool.stats()
+                await serve(
+                    variant.call,
+                    numbers,
+                    result,
+                    rate=rate,
+                    concurrency=args.concurrency,
+                    on_done=lambda: progress.advance(variant.task),
+                )
+                if variant.call is pooled:
+                    tallies[phase].add(before, pool.stats())
+                if phase == "paced":
+                    progress.update(variant.task, note=f"{result.rate:,.0f} req/s")
 
             plan: list[tuple[str, int, Request]] = [
                 (POOL, args.requests, pooled),
@@ -426,10 +551,11 @@ async def _measure(args: argparse.Namespace, console: Console, with_ip: bool) ->
             with progress:
                 variants = [
                     _Variant(
-                        result=Result(name, planned),
                         call=call,
-                        task=progress.add_task(name, total=planned, note=""),
-                        numbers=_chunks(planned, ROUNDS),
+                        task=progress.add_task(name, total=planned + ROUNDS * args.burst, note=""),
+                        paced=Result(name, planned),
+                        paced_numbers=_chunks(planned, ROUNDS),
+                        bursts=Result(name, ROUNDS * args.burst),
                     )
                     for name, planned, call in plan
                 ]
@@ -438,85 +564,139 @@ async def _measure(args: argparse.Namespace, console: Console, with_ip: bool) ->
                     # after a variant pays for the namespaces it dropped.
                     shift = round_ % len(variants)
                     for variant in variants[shift:] + variants[:shift]:
-                        numbers = next(variant.numbers)
+                        if args.burst:
+                            # Numbered after the paced requests: distinct
+                            # messages and `ip netns` names.
+                            first = variant.paced.planned + round_ * args.burst
+                            numbers = range(first, first + args.burst)
+                            await turn(variant, "bursts", numbers, math.inf)
+                        numbers = next(variant.paced_numbers)
                         if numbers:
-                            await _settle(pool)
-                            await _serve(variant, numbers, args.concurrency, progress)
+                            await turn(variant, "paced", numbers, args.rate)
             stats = pool.stats()
-    return _Run([v.result for v in variants], stats, time.perf_counter() - started)
+    return _Run(
+        paced=[v.paced for v in variants],
+        bursts=[v.bursts for v in variants] if args.burst else [],
+        pool=stats,
+        pool_paced=tallies["paced"],
+        pool_bursts=tallies["bursts"],
+        seconds=time.perf_counter() - started,
+    )
 
 
 # -- the report -------------------------------------------------------------------------
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:,.2f} ms"
+    return "-" if value is None else f"{value * 1000:,.2f}"
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def _table(title: str, results: list[Result], *, rates: bool, rate_ratio: bool) -> Table:
+    """One row per variant: requests, distinct netns, latency percentiles
+    and the p50 and p99 against the baseline; with ``rates`` the requests/s
+    too, with ``rate_ratio`` also against the baseline."""
+    baseline = next((r for r in results if r.name == BASELINE), None)
+    table = Table(title=title, title_justify="left")
+    table.add_column("variant", style="bold", no_wrap=True)
+    table.add_column("requests", justify="right")
+    table.add_column("netns", justify="right")
+    if rates:
+        table.add_column("req/s", justify="right")
+    for q in ("p50", "p90", "p99"):
+        table.add_column(f"{q} ms", justify="right")
+    table.add_column("p50 vs\nbaseline", justify="right")
+    table.add_column("p99 vs\nbaseline", justify="right")
+    if rate_ratio:
+        table.add_column("req/s vs\nbaseline", justify="right")
+    for result in results:
+        done = f"{result.done:,}"
+        cells = [
+            result.name,
+            done if not result.failures else f"{done}/{result.planned:,}",
+            f"{len(result.cookies):,}" if result.cookies else "-",
+        ]
+        if rates:
+            cells.append(f"{result.rate:,.0f}")
+        cells += [_ms(result.quantile(q)) for q in (0.50, 0.90, 0.99)]
+        ratios = [_latency_ratio(result, baseline, 0.50), _latency_ratio(result, baseline, 0.99)]
+        if rate_ratio:
+            ratios.append(_rate_ratio(result, baseline))
+        cells += ["baseline" if result is baseline else _times(r) for r in ratios]
+        table.add_row(*cells)
+    return table
 
 
 def _render(run: _Run, args: argparse.Namespace, console: Console) -> None:
-    baseline = next((r for r in run.results if r.name == BASELINE), None)
-    table = Table(
-        title=f"{args.concurrency} requests in flight, each binding {HOST}:{PORT} in its own netns",
-        title_justify="left",
-    )
-    table.add_column("variant", style="bold")
-    table.add_column("requests", justify="right")
-    table.add_column("netns", justify="right")
-    table.add_column("requests/s", justify="right")
-    for q in ("p50", "p90", "p99"):
-        table.add_column(q, justify="right")
-    table.add_column(f"vs {BASELINE}", justify="right")
-    for result in run.results:
-        ratio = _ratio(result, baseline)
-        table.add_row(
-            result.name,
-            f"{result.done:,}" if not result.failures else f"{result.done:,}/{result.planned:,}",
-            f"{len(result.cookies):,}" if result.cookies else "-",
-            f"{result.rate:,.0f}",
-            _ms(result.quantile(0.50)),
-            _ms(result.quantile(0.90)),
-            _ms(result.quantile(0.99)),
-            "baseline" if result is baseline else "-" if ratio is None else f"{ratio:.2f}x",
-        )
-    console.print(table)
-    stats = run.pool
-    console.print(
-        f"pool: {stats.hits:,} requests took a ready netns, {stats.misses:,} made one on the "
-        f"spot (none was ready); {stats.created:,} created in all.",
-        markup=False,
-        highlight=False,
-    )
-    console.print(
-        "netns: distinct namespaces that served, by cookie. Latency: from sending a request "
-        f"to its checked reply. Took {run.seconds:.1f} s.",
-        markup=False,
-        highlight=False,
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+    where = f"each binding {HOST}:{PORT} in its own netns"
+    if args.rate > 0:
+        title = f"{args.rate:,g} requests/s sent on schedule, at most {args.concurrency} in flight"
+    else:
+        title = f"closed loop, {args.concurrency} requests in flight"
+    closed = args.rate <= 0
+    console.print(_table(f"{title}, {where}", run.paced, rates=True, rate_ratio=closed))
+    if run.bursts:
+        title = f"bursts: {args.burst} requests at once, {ROUNDS} per variant, {where}"
+        console.print(_table(title, run.bursts, rates=False, rate_ratio=False))
+
+    def tally(t: _Tally) -> str:
+        return f"{t.hits:,} took a ready netns, {t.misses:,} made one on the spot (misses)"
+
+    created = f"{run.pool.created:,} netns created in all."
+    main = "Closed-loop requests" if closed else "Paced requests"
+    say(f"pool: {args.warm} warm, {CREATORS} creator. {main}: {tally(run.pool_paced)}.")
+    say(f"Bursts: {tally(run.pool_bursts)}. {created}" if run.bursts else created)
+    since = "a request's scheduled arrival" if args.rate > 0 else "sending a request"
+    ratios = "p50 and p99 over the baseline's: lower is better"
+    if closed:
+        ratios += "; requests/s over the baseline's: higher is better"
+    say(
+        f"netns: distinct namespaces that served, by cookie. Latency: from {since} to its "
+        f"checked reply. x: {ratios}. Took {run.seconds:.1f} s."
     )
 
 
 def _write_json(path: Path, run: _Run, args: argparse.Namespace) -> None:
-    baseline = next((r for r in run.results if r.name == BASELINE), None)
+    def variants(results: list[Result]) -> list[dict[str, Any]]:
+        baseline = next((r for r in results if r.name == BASELINE), None)
+        return [result.as_json(baseline) for result in results]
+
     document = {
         "meta": {
             "kernel": os.uname().release,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "requests": args.requests,
+            "rate": args.rate,
+            "load": "open loop" if args.rate > 0 else "closed loop",
             "concurrency": args.concurrency,
+            "burst": args.burst,
             "warm": args.warm,
+            "creators": CREATORS,
             "rounds": ROUNDS,
             "address": f"{HOST}:{PORT}",
             "baseline": BASELINE,
             "seconds": run.seconds,
         },
-        "variants": [result.as_json(baseline) for result in run.results],
-        "pool": dataclasses.asdict(run.pool),
+        "variants": variants(run.paced),
+        "bursts": variants(run.bursts),
+        "pool": {
+            **dataclasses.asdict(run.pool),
+            "paced": dataclasses.asdict(run.pool_paced),
+            "bursts": dataclasses.asdict(run.pool_bursts),
+        },
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def _report_failures(results: list[Result], console: Console) -> bool:
+def _report_failures(results: list[Result], console: Console, what: str = "") -> bool:
     """Print each failing variant's count and first error; whether any failed."""
     failed = False
     for result in results:
@@ -524,7 +704,7 @@ def _report_failures(results: list[Result], console: Console) -> bool:
             continue
         failed = True
         console.print(
-            f"{result.name}: {result.failures:,} of {result.planned:,} requests failed; "
+            f"{result.name}{what}: {result.failures:,} of {result.planned:,} requests failed; "
             "the first error:",
             markup=False,
             highlight=False,
@@ -540,12 +720,19 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     Returns 0 if every request succeeded, 1 if any failed or no netns can be
     made here, 2 for bad arguments. Blocks the calling thread, which runs
-    the event loop, for the whole demo (about 10 s with the defaults on two
+    the event loop, for the whole demo (about 12 s with the defaults on two
     CPUs); the calling thread's namespaces are untouched.
     """
-    if args.requests < 1 or args.concurrency < 1 or args.warm < 0:
+    if (
+        args.requests < 1
+        or args.concurrency < 1
+        or args.warm < 0
+        or args.burst < 0
+        or not (0 <= args.rate < math.inf)
+    ):
         console.print(
-            "nspool demo: --requests and --concurrency must be at least 1, --warm at least 0",
+            "nspool demo: --requests and --concurrency must be at least 1, "
+            "--warm, --burst and --rate (a finite number) at least 0",
             markup=False,
         )
         return 2
@@ -560,8 +747,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
         return 1
     with_ip = shutil.which("ip") is not None
     n_ip = min(IP_NETNS_MAX, args.requests)
+    if args.rate > 0:
+        load = f"sent at {args.rate:,g} a second, at most {args.concurrency} in flight"
+    else:
+        load = f"in a closed loop, {args.concurrency} in flight"
+    burst = f", and {ROUNDS} bursts of {args.burst} at once" if args.burst else ""
     console.print(
-        f"nspool demo: {args.requests:,} requests, {args.concurrency} in flight. Each binds "
+        f"nspool demo: {args.requests:,} requests {load}{burst}. Each binds "
         f"{HOST}:{PORT} in its own network namespace and talks to itself, which only "
         "isolation allows.",
         markup=False,
@@ -580,4 +772,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         _write_json(Path(args.json), measured, args)
         console.print(f"JSON: {args.json}", markup=False, highlight=False)
-    return 1 if _report_failures(measured.results, console) else 0
+    failed = _report_failures(measured.paced, console)
+    failed = _report_failures(measured.bursts, console, " (bursts)") or failed
+    return 1 if failed else 0

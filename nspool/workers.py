@@ -262,7 +262,7 @@ class _Home:
             self.limbo_ids: dict[Kind, int] = {}
             if not self.returnable:
                 use_anchor = False
-                self.limbo = NamespaceSet.unshare(LIMBO_KINDS)
+                self.limbo = _acquire_limbo()
                 self.limbo_fds = self.limbo.fds()
                 self.limbo_ids = self.limbo.ids()
                 if spawner:
@@ -355,7 +355,7 @@ class _Home:
         self._stop_anchor()
         limbo, self.limbo = getattr(self, "limbo", None), None
         if limbo is not None:
-            limbo.close()
+            _release_limbo()
         spawner, self._spawner = self._spawner, None
         if spawner is not None:
             self._to_start.put(None)
@@ -364,6 +364,34 @@ class _Home:
         fds = [*self.fds.values(), self.root, self.anchor_fd]
         self.fds, self.root, self.anchor_fd = {}, -1, -1
         _close_fds(fd for fd in fds if fd >= 0)
+
+
+_limbo_lock = threading.Lock()
+_limbo: NamespaceSet | None = None
+_limbo_users = 0
+
+
+def _acquire_limbo() -> NamespaceSet:
+    """The process's one limbo set (made on first use, while anything
+    uses it): one netns and friends, not one per executor or creator, since
+    a process in its own user namespace may have a small netns quota."""
+    global _limbo, _limbo_users
+    with _limbo_lock:
+        if _limbo is None:
+            _limbo = NamespaceSet.unshare(LIMBO_KINDS)
+        _limbo_users += 1
+        return _limbo
+
+
+def _release_limbo() -> None:
+    global _limbo, _limbo_users
+    with _limbo_lock:
+        _limbo_users -= 1
+        limbo = _limbo if _limbo_users == 0 else None
+        if limbo is not None:
+            _limbo = None
+    if limbo is not None:
+        limbo.close()
 
 
 class _ThreadLinks:

@@ -15,7 +15,7 @@ distinct namespaces that served.
 The variants, measured in the same process, in interleaved rounds:
 
 * ``nspool Pool``: ``await pool.run(handle, n)`` on a ``Pool(Kind.NET,
-  warm=..., creators=1)`` (see :data:`CREATORS`); the set is thrown away
+  warm=...)`` (two creator threads, the default); the set is thrown away
   after the request.
 * ``netns per request`` (the baseline): on an anyio worker thread,
   ``unshare(CLONE_NEWNET)``, ``lo`` up, the request, then ``setns`` back home
@@ -137,10 +137,9 @@ IP_NETNS_MAX = 200
 SETTLE_MAX = 1.0
 SETTLE_BUSY = 0.15
 SETTLE_WINDOW = 0.05
-#: The pool's creator threads. One keeps up with the default rate (no
-#: misses at 400 requests a second on two CPUs); with two, the pool's p50
-#: there was 1.15x the baseline's instead of 0.6x: every take wakes all the
-#: creators, and they compete with the request for the GIL and the CPUs.
+#: The pool's creator threads: the library's default. (One gives a lower
+#: p50 still at this rate, 0.52x against 0.67x of the baseline's here; two
+#: refill faster after a burst.)
 CREATORS = 1
 #: How early (seconds) the sender of paced requests wakes up: the event
 #: loop's timers fire up to a millisecond late (epoll's resolution), which
@@ -650,7 +649,7 @@ def _render(run: _Run, args: argparse.Namespace, console: Console) -> None:
 
     created = f"{run.pool.created:,} netns created in all."
     main = "Closed-loop requests" if closed else "Paced requests"
-    say(f"pool: {args.warm} warm, {CREATORS} creator. {main}: {tally(run.pool_paced)}.")
+    say(f"pool: {args.warm} warm, {CREATORS} creators. {main}: {tally(run.pool_paced)}.")
     say(f"Bursts: {tally(run.pool_bursts)}. {created}" if run.bursts else created)
     since = "a request's scheduled arrival" if args.rate > 0 else "sending a request"
     ratios = "p50 and p99 over the baseline's: lower is better"

@@ -1,6 +1,9 @@
 """Rootless mode and user namespaces without privileges, tested as an
 unprivileged user: each test runs a script in a child process started with
-``setpriv --reuid=65534`` (nobody), which prints what it saw as JSON.
+``setpriv --reuid=65534`` (nobody), which prints what it saw as JSON. The
+rootless-mode scripts also run as root, whose process, once inside its own
+user namespace, cannot go home either (and which can run an interpreter
+installed where uid 65534 may not look).
 
 The child needs nothing of root: it enters its own user namespace
 (:func:`nspool.enter_user_namespace`), then makes a pool of network
@@ -29,10 +32,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def run_as_nobody(script: str, backend: str, timeout: float = 120) -> dict[str, Any]:
-    """Run ``script`` with this Python as uid/gid 65534; its last stdout
-    line is JSON."""
-    env = {**os.environ, "NSPOOL_SYSCALLS": backend}
+def nobody_can_run_python() -> bool:
+    """Whether uid 65534 can start this interpreter: not when it (or its
+    libpython) lives under a directory only root may enter, as a pyenv
+    install under /root does."""
     done = subprocess.run(
         [
             "setpriv",
@@ -41,8 +44,36 @@ def run_as_nobody(script: str, backend: str, timeout: float = 120) -> dict[str, 
             "--clear-groups",
             sys.executable,
             "-c",
-            textwrap.dedent(script),
+            "pass",
         ],
+        capture_output=True,
+        cwd="/",
+    )
+    return done.returncode == 0
+
+
+@pytest.fixture(params=["nobody", "root"])
+def who(request: pytest.FixtureRequest) -> str:
+    """Who runs a rootless-mode script: uid 65534, or root (whose process,
+    once in its own user namespace, is just as unable to go home)."""
+    if request.param == "nobody" and not nobody_can_run_python():
+        pytest.skip(
+            f"uid {NOBODY} cannot run {sys.executable} (a directory on its path is private)"
+        )
+    return str(request.param)
+
+
+def run_as(who: str, script: str, backend: str, timeout: float = 120) -> dict[str, Any]:
+    """Run ``script`` with this Python as ``who`` ("nobody": uid/gid 65534
+    through setpriv, or "root"); its last stdout line is JSON."""
+    env = {**os.environ, "NSPOOL_SYSCALLS": backend}
+    drop = (
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        if who == "nobody"
+        else []
+    )
+    done = subprocess.run(
+        [*drop, sys.executable, "-c", textwrap.dedent(script)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -128,14 +159,17 @@ ROOTLESS_POOL = """
 """
 
 
-def test_rootless_pool_runs_calls_with_lo_up_and_leaves_nothing(syscall_backend: str) -> None:
+def test_rootless_pool_runs_calls_with_lo_up_and_leaves_nothing(
+    syscall_backend: str, who: str
+) -> None:
     """As nobody, after enter_user_namespace(): a Pool of netns serves 25
     calls (sync and async) and a process, each in its own fresh netns with
     lo up; closing the pool destroys every netns it made (the witness ends
     vanish); no thread or fd is left; call_inline is refused plainly."""
-    out = run_as_nobody(ROOTLESS_POOL, syscall_backend)
-    assert out["uid_before"] == NOBODY
-    assert out["uid_map"] == ["0", str(NOBODY), "1"]
+    out = run_as(who, ROOTLESS_POOL, syscall_backend)
+    uid = NOBODY if who == "nobody" else 0
+    assert out["uid_before"] == uid
+    assert out["uid_map"] == ["0", str(uid), "1"]
     calls = [r for r in out["results"] if r[0] != "process"]
     assert len(calls) == 25
     assert len({cookie for cookie, _ in calls}) == 25  # a fresh netns each
@@ -193,7 +227,11 @@ def test_unprivileged_user_sets_and_a_refused_map(syscall_backend: str) -> None:
     map after denying setgroups, as the kernel requires). A map the kernel
     refuses (uid 0 outside, which nobody does not own) is a NamespaceError
     naming the map file and the write; no helper process or fd is left."""
-    out = run_as_nobody(UNPRIVILEGED_USER_SETS, syscall_backend)
+    if not nobody_can_run_python():
+        pytest.skip(
+            f"uid {NOBODY} cannot run {sys.executable} (a directory on its path is private)"
+        )
+    out = run_as("nobody", UNPRIVILEGED_USER_SETS, syscall_backend)
     assert out["inside"] == ["0", str(NOBODY), "1", "0", str(NOBODY), "1", "mine", "0"]
     assert out["errno"] == 1
     assert "write(user, /proc/" in out["error"]
@@ -221,10 +259,10 @@ THREADED_TOO_LATE = """
 """
 
 
-def test_enter_user_namespace_refuses_a_threaded_process(syscall_backend: str) -> None:
+def test_enter_user_namespace_refuses_a_threaded_process(syscall_backend: str, who: str) -> None:
     """Called once a thread exists, enter_user_namespace raises a clear
     error and changes nothing."""
-    out = run_as_nobody(THREADED_TOO_LATE, syscall_backend)
+    out = run_as(who, THREADED_TOO_LATE, syscall_backend)
     assert "already has 2 threads" in out["error"]
     assert out["unchanged"]
 
@@ -284,13 +322,13 @@ LIMBO = """
 """
 
 
-def test_rootless_workers_wait_in_limbo(syscall_backend: str) -> None:
+def test_rootless_workers_wait_in_limbo(syscall_backend: str, who: str) -> None:
     """In rootless mode a worker that ran in one set serves the next set
     too (one thread, max_workers=1), and idle in limbo it keeps no set
     alive: the witness of a closed set vanishes while the worker lives. A
     call without a set gets a fresh thread at home; a worker that entered a
     mount namespace is replaced after its call. None of it is a fault."""
-    out = run_as_nobody(LIMBO, syscall_backend)
+    out = run_as(who, LIMBO, syscall_backend)
     first, second = out["first"], out["second"]
     assert first[0] == second[0]  # the same thread served both sets
     assert [first[1], second[1]] == out["ids"]

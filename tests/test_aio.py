@@ -20,6 +20,7 @@ import anyio.to_thread
 import pytest
 
 from nspool import Kind, NamespaceSet, Pool, Workers, aio, default_workers, nsset
+from nspool.net import loopback_up
 
 from .conftest import Witness, thread_ns, wait_until
 
@@ -165,6 +166,36 @@ async def test_cancelled_pool_run_throws_its_set_away(pool_workers: Workers) -> 
         assert wait_until(lambda: pool.stats().leased == 0)
         for _ in range(5):
             assert await pool.run(thread_ns, "net") != seen[0]
+
+
+async def test_pool_cancellation_storm_leaks_no_set(
+    pool_workers: Workers, witness: WitnessFactory
+) -> None:
+    """A thousand pool calls cancelled at every stage (taking a set,
+    queued, running): afterwards no set is leased, every set handed out was
+    thrown away, and when the pool closes each namespace it made is gone
+    (a witness planted in every set by the hook vanishes)."""
+    planted: list[Witness] = []
+
+    def plant(s: NamespaceSet) -> None:
+        loopback_up()
+        planted.append(witness(s))
+
+    async with Pool(Kind.NET, warm=8, workers=pool_workers, after_create=plant) as pool:
+
+        async def one(delay: float) -> None:
+            with anyio.move_on_after(delay):
+                await pool.run(time.sleep, 0.002)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(1000):
+                tg.start_soon(one, (i % 10) * 0.001)
+        assert wait_until(lambda: pool.stats().leased == 0, timeout=20)
+        st = pool.stats()
+        assert st.hits + st.misses <= 1000
+        assert st.discarded == st.hits + st.misses  # never recycled, never lost
+    assert planted
+    assert all(w.wait_gone(timeout=30) for w in planted)
 
 
 async def test_run_from_a_closed_pool(pool_workers: Workers) -> None:

@@ -140,7 +140,7 @@ SETTLE_WINDOW = 0.05
 #: The pool's creator threads: the library's default. (One gives a lower
 #: p50 still at this rate, 0.52x against 0.67x of the baseline's here; two
 #: refill faster after a burst.)
-CREATORS = 1
+CREATORS = 2
 #: How early (seconds) the sender of paced requests wakes up: the event
 #: loop's timers fire up to a millisecond late (epoll's resolution), which
 #: would be charged to the request as latency.

@@ -1,8 +1,11 @@
 """nspool: run Python callables inside Linux namespaces.
 
 The public surface is re-exported here; the implementation lives in the
-submodules (``kinds``, ``_sys``, ``errors``, ``nsset``), whose dependencies
-point one way, top to bottom.
+submodules, whose dependencies point one way, top to bottom: ``errors``,
+``kinds``, ``_sys`` (the syscalls), ``_options`` and ``_userns`` (what a new
+set holds; sets made in a helper process), ``nsset`` (``NamespaceSet``),
+``workers``, ``net``, ``pool``, ``aio`` (the async front end), ``rootless``,
+then ``demo`` and ``cli``.
 """
 
 from .errors import (

@@ -115,10 +115,10 @@ def _checked_after(kind_bits: int) -> tuple[Kind, ...]:
     return checked
 
 
-#: Kinds a worker that cannot go home (rootless mode) parks in its executor's
-#: *limbo* set between calls instead: empty namespaces of its own, so that an
-#: idle thread keeps no set alive. A worker that has left home in another
-#: kind (mnt, pid) exits after its call instead.
+#: Kinds a worker that cannot go home (rootless mode) parks in the process's
+#: *limbo* set between calls instead: empty namespaces of nspool's own, so
+#: that an idle thread keeps no set alive. A worker that has left home in
+#: another kind (mnt, pid) exits after its call instead.
 LIMBO_KINDS = Kind.NET | Kind.UTS | Kind.IPC | Kind.CGROUP
 _LIMBO_BITS = int(LIMBO_KINDS)
 
@@ -765,6 +765,12 @@ class Workers(Executor):
     call is running, which is the case that wake-up latency dominates, and
     lets it run anywhere otherwise; ``True`` always moves it; ``False``
     never does.
+
+    In rootless mode (:func:`nspool.enter_user_namespace`) no thread can
+    return home: after a call a worker waits in limbo (see
+    :data:`LIMBO_KINDS`) and serves only sets that hold every kind it has
+    left, new threads are started by a home spawner thread, and a worker
+    that entered a mount or pid namespace exits after its call.
 
     Any thread may submit. A callable may itself submit to a ``Workers``
     (the new worker thread still starts at home), but a callable that blocks

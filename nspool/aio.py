@@ -35,7 +35,7 @@ from . import _sys
 from .kinds import SETNS_ORDER, Kind
 from .nsset import NamespaceSet
 from .pool import Pool
-from .workers import Workers, default_workers
+from .workers import Job, Workers, default_workers
 
 __all__ = [
     "Command",
@@ -158,14 +158,50 @@ async def run_in(
     """Await ``fn(*args, **kwargs)`` run on a worker thread inside ``s``
     (``workers``, or the default executor if ``None``). asyncio or Trio.
 
+    Calls awaited at once on the same set form a stream
+    (:meth:`Workers.submit_job`): a worker that has entered the set runs
+    them one after another, each checked as any call is, and more workers
+    join while calls wait, so calls that block still run side by side.
+
     Cancellation: the awaiting task is cancelled at once; a call still
     queued never runs; a running one finishes in the background and its
     result is dropped.
     """
     executor = workers if workers is not None else default_workers()
-    future = executor.submit_in(s, fn, *args, **kwargs)
-    await _wait_done(future, None)
-    return future.result()
+    library = sniffio.current_async_library()
+    inbox = _inbox(library)
+    if library == "asyncio":
+        waiter = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        job = Job(fn, args, kwargs, lambda _job: inbox.deliver(wake))
+        executor.submit_job(s, job)
+        try:
+            await waiter
+        except BaseException:
+            job.cancelled = True
+            raise
+    else:
+        event = anyio.Event()
+        job = Job(fn, args, kwargs, lambda _job: inbox.deliver(event.set))
+        executor.submit_job(s, job)
+        try:
+            await event.wait()
+        except BaseException:
+            job.cancelled = True
+            raise
+    error = job.error
+    if error is not None:
+        job.error = None
+        try:
+            raise error
+        finally:
+            del error
+    result: _T = job.result
+    return result
 
 
 async def pool_take(pool: Pool) -> NamespaceSet:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import copy
 import ctypes
 import errno
 import itertools
@@ -61,7 +62,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from . import _sys
-from .errors import NamespaceError, UnsupportedKindError
+from .errors import NamespaceError, SetClosedError, UnsupportedKindError
 from .kinds import SETNS_ORDER, Kind
 from .nsset import _THREAD_NS_DIR, NamespaceSet, _close_fds, _open_thread_ns, _thread
 
@@ -114,6 +115,10 @@ def _checked_after(kind_bits: int) -> tuple[Kind, ...]:
         checked = _checked_for[kind_bits] = tuple(k for k in _CHECKED if int(k) & mask)
     return checked
 
+
+#: A worker running a stream of jobs for one set hands their outcomes over
+#: after at most this many (and whenever none is waiting).
+DELIVER_EVERY = 32
 
 #: Kinds a worker that cannot go home (rootless mode) parks in the process's
 #: *limbo* set between calls instead: empty namespaces of nspool's own, so
@@ -183,6 +188,7 @@ class _Call:
         "nsset",
         "ran",
         "result",
+        "stream",
         "waiter",
     )
 
@@ -204,6 +210,8 @@ class _Call:
         self.result: Any = None
         self.error: BaseException | None = None
         self.ran = False
+        #: Set for a drainer: this call runs the stream's jobs instead.
+        self.stream: _Stream | None = None
 
     def start(self) -> bool:
         """Whether the call should run (a cancelled future's does not)."""
@@ -224,6 +232,54 @@ class _Call:
             self.waiter.release()
         self.fn = self.args = self.kwargs = None  # type: ignore[assignment]
         self.context = None  # type: ignore[assignment]
+
+
+class Job:
+    """One call in a stream of calls for one set (:meth:`Workers.submit_job`),
+    for front ends that wait for many calls at once.
+
+    The job runs on whichever worker is draining its set's stream; that
+    worker calls ``on_done(job)`` afterwards, on its own thread, with the
+    outcome in :attr:`result` or :attr:`error`. Setting :attr:`cancelled`
+    withdraws the job if no worker has taken it yet (``on_done`` is then
+    never called); a job already taken finishes.
+    """
+
+    __slots__ = ("args", "cancelled", "context", "error", "fn", "kwargs", "on_done", "result")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        on_done: Callable[[Job], None],
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.context = contextvars.copy_context()
+        self.on_done = on_done
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+
+class _Stream:
+    """The jobs waiting for one set, taken in order by its drainers: worker
+    calls that enter the set once and run job after job, checked after each,
+    until none is left. ``drainers`` counts those running or dispatched;
+    ``growing`` is set while one more is on its way; ``busy`` holds the
+    drainers taking or running a job (a set: ``add`` and ``discard`` are
+    atomic, so the drainers update it without the lock)."""
+
+    __slots__ = ("busy", "drainers", "growing", "jobs", "nsset")
+
+    def __init__(self, nsset: NamespaceSet) -> None:
+        self.nsset = nsset
+        self.jobs: collections.deque[Job] = collections.deque()
+        self.drainers = 0
+        self.growing = False
+        self.busy: set[_Worker] = set()
 
 
 class _Home:
@@ -569,6 +625,10 @@ class _Worker:
         s = call.nsset
         if self.own_fs and (s is None or not s._bits & _MNT_BITS):
             self._follow_process_cwd()
+        if call.stream is not None:
+            self._drain(call.stream)
+            self._after(call)
+            return
         if s is None:
             self._call(call)
             self._leave(0, self.home.ids)
@@ -598,6 +658,103 @@ class _Worker:
         finally:
             s._leave()
         self._after(call)
+
+    def _drain(self, stream: _Stream) -> None:
+        """Enter the stream's set once and run its jobs until none is left,
+        each checked as a call is (:meth:`_between_jobs`), then go home.
+        Raises :class:`_Discard` as :meth:`_run` does; the jobs left are
+        then drained by another thread."""
+        workers = self.workers_ref()
+        if workers is None:
+            return
+        stream.growing = False
+        s = stream.nsset
+        try:
+            s._acquire()
+        except NamespaceError as exc:
+            workers._fail_stream(stream, exc)
+            return
+        try:
+            expected = dict(self.here)
+            try:
+                self._enter(s, expected)
+            except OSError as exc:
+                workers._fail_stream(stream, exc)
+                self._leave(s._bits, self.here)
+                return
+            _thread.stack.append(s)
+            try:
+                self._run_jobs(workers, stream, expected)
+            finally:
+                _thread.stack.pop()
+            self._leave(s._bits, expected)
+        finally:
+            s._leave()
+
+    def _run_jobs(self, workers: Workers, stream: _Stream, expected: dict[Kind, int]) -> None:
+        """Run jobs until the stream is empty. Outcomes are handed over in
+        batches (:data:`DELIVER_EVERY`, or whenever no job is waiting): a
+        submitter awaiting many results then wakes once for many."""
+        jobs, s = stream.jobs, stream.nsset
+        bits = s._bits
+        done: list[Job] = []
+        busy = stream.busy
+        try:
+            while True:
+                # Counted busy before taking a job: a job submitted from now
+                # on brings another drainer unless one of them is free.
+                busy.add(self)
+                try:
+                    job = jobs.popleft()
+                except IndexError:
+                    busy.discard(self)
+                    _deliver_jobs(done)
+                    if workers._drainer_done(stream):
+                        return
+                    continue
+                if jobs and not stream.growing:
+                    workers._grow(stream)  # more waiting: another thread may help
+                if job.cancelled:
+                    busy.discard(self)
+                    continue
+                done.append(job)
+                if s._closed:
+                    job.error = _closed_error(s)
+                    busy.discard(self)
+                    continue
+                try:
+                    job.result = job.context.run(job.fn, *job.args, **job.kwargs)
+                except BaseException as exc:
+                    job.error = exc
+                try:
+                    self._between_jobs(bits, expected)
+                except _Discard:
+                    busy.discard(self)
+                    workers._drainer_lost(stream)
+                    raise
+                busy.discard(self)
+                if not jobs or len(done) >= DELIVER_EVERY:
+                    _deliver_jobs(done)
+        finally:
+            _deliver_jobs(done)
+
+    def _between_jobs(self, kind_bits: int, expected: dict[Kind, int]) -> None:
+        """After a job, before the next one in the same set: the thread must
+        still be in the set (the kinds read back after any call), and in
+        home's namespaces for every other kind, forced back by one
+        ``setns`` on the anchor. Without the anchor (or going home) every
+        kind is read instead. Raises :class:`_Discard`."""
+        anchor = self.home.anchor_fd
+        if anchor < 0 or CHECK_EVERY_KIND:
+            self._check(_CHECKED, expected, "after the call")
+            return
+        self._check(_checked_after(kind_bits), expected, "after the call")
+        others = _FORCED_BITS & ~kind_bits
+        if others:
+            try:
+                _setns()(anchor, others)
+            except OSError as exc:
+                raise _Discard(f"cannot go home: {exc}") from exc
 
     def _enter(self, s: NamespaceSet, expected: dict[Kind, int]) -> None:
         """Enter ``s``'s kinds that the thread is not in yet. ``expected`` is
@@ -796,6 +953,7 @@ class Workers(Executor):
         # Rootless mode only: idle workers in limbo, by the kinds they left.
         self._strayed: dict[int, list[_Worker]] = {}
         self._queue: collections.deque[_Call] = collections.deque()
+        self._streams: dict[NamespaceSet, _Stream] = {}
         self._threads: set[_Worker] = set()
         # Threads forgotten (discarded or spent) but perhaps not yet ended:
         # shutdown(wait=True) joins them too.
@@ -864,13 +1022,104 @@ class Workers(Executor):
         self._dispatch(_Call(None, fn, args, kwargs, future))
         return future
 
-    def _dispatch(self, call: _Call) -> None:
+    def submit_job(self, nsset: NamespaceSet, job: Job) -> None:
+        """Queue ``job`` on ``nsset``'s stream: a worker already draining it
+        runs the job after the ones before it, with no hand-off of its own;
+        otherwise a drainer is dispatched as a call would be. More drainers
+        join while jobs wait, up to ``max_workers``, so that jobs that block
+        still run side by side. Each job is checked as a call is.
+
+        Never blocks. For front ends that await many calls at once (the
+        async :func:`nspool.aio.run_in`); :meth:`submit_in` is the one-call
+        equivalent with a ``Future``.
+        """
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new calls after shutdown")
+            self._calls += 1
+            stream = self._streams.get(nsset)
+            if stream is None:
+                stream = self._streams[nsset] = _Stream(nsset)
+            stream.jobs.append(job)
+            if stream.drainers:
+                # Every drainer busy (a job that blocks, say): one more joins.
+                if (
+                    len(stream.busy) < stream.drainers
+                    or stream.growing
+                    or stream.drainers >= self._max_workers
+                ):
+                    return
+                stream.growing = True
+            stream.drainers += 1
+        self._dispatch_drainer(stream)
+
+    def _dispatch_drainer(self, stream: _Stream) -> None:
+        call = _Call(stream.nsset, _drain_marker, (), {}, None)
+        call.stream = stream
+        try:
+            self._dispatch(call, count=False)
+        except BaseException:
+            with self._lock:
+                stream.drainers -= 1
+                stream.growing = False
+            raise
+
+    def _grow(self, stream: _Stream) -> None:
+        """Jobs are waiting behind a running one: dispatch one more drainer
+        (one at a time, ``max_workers`` at most)."""
+        if stream.drainers >= self._max_workers:  # a hint, read without the lock
+            return
+        with self._lock:
+            if stream.growing or self._shutdown or stream.drainers >= self._max_workers:
+                return
+            stream.growing = True
+            stream.drainers += 1
+        with contextlib.suppress(RuntimeError):  # shut down meanwhile
+            self._dispatch_drainer(stream)
+
+    def _drainer_done(self, stream: _Stream) -> bool:
+        """A drainer found no job: it stops, unless one arrived meanwhile."""
+        with self._lock:
+            if stream.jobs:
+                return False
+            stream.drainers -= 1
+            if not stream.drainers and self._streams.get(stream.nsset) is stream:
+                del self._streams[stream.nsset]
+            return True
+
+    def _drainer_lost(self, stream: _Stream) -> None:
+        """A drainer's thread was discarded: another takes over if jobs wait."""
+        with self._lock:
+            stream.drainers -= 1
+            replace = bool(stream.jobs) and not self._shutdown
+            if replace:
+                stream.drainers += 1
+            elif not stream.drainers and self._streams.get(stream.nsset) is stream:
+                del self._streams[stream.nsset]
+        if replace:
+            with contextlib.suppress(RuntimeError):
+                self._dispatch_drainer(stream)
+
+    def _fail_stream(self, stream: _Stream, error: BaseException) -> None:
+        """The set cannot be entered: every waiting job gets ``error`` (a
+        copy each, since each is raised in its own task)."""
+        while True:
+            while stream.jobs:
+                job = stream.jobs.popleft()
+                if not job.cancelled:
+                    job.error = copy.copy(error)
+                    job.on_done(job)
+            if self._drainer_done(stream):
+                return
+
+    def _dispatch(self, call: _Call, *, count: bool = True) -> None:
         worker: _Worker | None = None
         new = False
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new calls after shutdown")
-            self._calls += 1
+            if count:
+                self._calls += 1
             alone = len(self._idle) == len(self._threads)  # no call is running
             evicted: _Worker | None = None
             if self._strayed and call.nsset is not None:
@@ -1015,10 +1264,18 @@ class Workers(Executor):
         with self._lock:
             self._shutdown = True
             cancelled: list[_Call] = []
+            jobs: list[Job] = []
             if cancel_futures:
                 cancelled = list(self._queue)
                 self._queue.clear()
+                for stream in self._streams.values():
+                    jobs += stream.jobs
+                    stream.jobs.clear()
             threads = [w.thread for w in self._threads] + list(self._leaving)
+        for job in jobs:
+            if not job.cancelled:
+                job.error = CancelledError("Workers shut down before the call started")
+                job.on_done(job)
         for call in cancelled:
             if call.future is not None:
                 call.future.cancel()
@@ -1049,6 +1306,26 @@ class Workers(Executor):
             f"<Workers {state} threads={st.threads} idle={st.idle} "
             f"queued={st.queued} discarded={st.discarded}>"
         )
+
+
+def _deliver_jobs(done: list[Job]) -> None:
+    for job in done:
+        job.on_done(job)
+    done.clear()
+
+
+def _drain_marker() -> None:
+    """The ``fn`` of a drainer call, never called: the worker runs the
+    call's stream instead (see ``_Worker._drain``)."""
+
+
+def _closed_error(s: NamespaceSet) -> NamespaceError:
+    try:
+        s._acquire()
+    except NamespaceError as exc:
+        return exc
+    s._leave()
+    return SetClosedError(errno.EBADF, syscall="NamespaceSet", detail="the set is closed")
 
 
 def _stop_idle(

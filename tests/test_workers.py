@@ -624,3 +624,149 @@ def test_futures_cancelled_while_queued_never_run() -> None:
         assert (st.threads, st.discarded, st.queued) == (1, 0, 0)
     finally:
         w.shutdown()
+
+
+# -- streams of jobs (submit_job) -------------------------------------------------------
+
+
+def run_jobs(
+    w: Workers, s: NamespaceSet, calls: list[Callable[[], object]], timeout: float = 20
+) -> list[workers.Job]:
+    """Submit ``calls`` as one stream of jobs on ``s`` and wait for all."""
+    remaining = threading.Semaphore(0)
+    jobs = [workers.Job(fn, (), {}, lambda _job: remaining.release()) for fn in calls]
+    for job in jobs:
+        w.submit_job(s, job)
+    for _ in jobs:
+        assert remaining.acquire(timeout=timeout)
+    return jobs
+
+
+def test_stream_jobs_each_run_inside_the_set_and_checked(pool: Workers) -> None:
+    """Every job of a stream runs in the set's namespaces and home's for
+    the others, even after a job before it moved the thread: a job that
+    moved a kind outside the set finds it put back (or its thread replaced)
+    for the next job; one that left the set's own kind has its thread
+    thrown away, and the jobs after it still run in the set."""
+    home = my_links()
+
+    def move_uts() -> dict[str, str]:
+        _sys.unshare(Kind.UTS)
+        return my_links()
+
+    def leave_the_set() -> dict[str, str]:
+        _sys.unshare(Kind.NET)
+        return my_links()
+
+    with NamespaceSet.unshare(Kind.NET) as s:
+        want = expected_links(s, home)
+        calls: list[Callable[[], object]] = []
+        for i in range(60):
+            calls.append(move_uts if i == 10 else leave_the_set if i == 30 else my_links)
+        jobs = run_jobs(pool, s, calls)
+        for i, job in enumerate(jobs):
+            assert job.error is None
+            if i not in (10, 30):
+                assert job.result == want, f"job {i}"
+        assert jobs[10].result["uts"] != home["uts"]
+        assert jobs[30].result["net"] != want["net"]
+    assert wait_until(lambda: pool.stats().discarded >= 1)
+    assert my_links() == home
+
+
+def test_stream_jobs_that_block_run_side_by_side(pool: Workers) -> None:
+    """Jobs of one stream that block do not wait for each other: more
+    workers join while jobs wait (four jobs meet at a barrier)."""
+    barrier = threading.Barrier(4, timeout=10)
+    with NamespaceSet.unshare(Kind.NET) as s:
+        jobs = run_jobs(pool, s, [barrier.wait] * 4)
+    assert [job.error for job in jobs] == [None] * 4
+    assert sorted(job.result for job in jobs) == [0, 1, 2, 3]
+
+
+def test_stream_jobs_cancelled_while_queued_never_run(pool: Workers) -> None:
+    """A job marked cancelled before a worker takes it never runs and is
+    never reported; the others run in order; contextvars are each job's."""
+    gate = threading.Event()
+    ran: list[int] = []
+    var: contextvars.ContextVar[int] = contextvars.ContextVar("var")
+    finished = threading.Semaphore(0)
+    with NamespaceSet.unshare(Kind.NET) as s:
+        first = workers.Job(gate.wait, (10,), {}, lambda _j: finished.release())
+        pool.submit_job(s, first)
+        queued = []
+        for i in range(6):
+            var.set(i)
+            job = workers.Job(lambda: ran.append(var.get()), (), {}, lambda _j: finished.release())
+            queued.append(job)
+            pool.submit_job(s, job)
+        for job in queued[::2]:
+            job.cancelled = True
+        gate.set()
+        for _ in range(4):
+            assert finished.acquire(timeout=10)
+        assert not finished.acquire(timeout=0.2)
+    assert sorted(ran) == [1, 3, 5]
+
+
+def test_stream_on_a_set_closed_meanwhile() -> None:
+    """Jobs that find their set closed (by a job before them, on the one
+    worker) get SetClosedError; a stream for a set closed before it starts
+    too."""
+    w = Workers(max_workers=1)
+    try:
+        s = NamespaceSet.unshare(Kind.NET)
+        jobs = run_jobs(w, s, [s.close, os.getpid, os.getpid])
+        assert jobs[0].error is None
+        assert all(isinstance(job.error, SetClosedError) for job in jobs[1:])
+        late = run_jobs(w, s, [os.getpid])
+        assert isinstance(late[0].error, SetClosedError)
+    finally:
+        w.shutdown()
+
+
+def test_stream_on_a_set_workers_cannot_enter(pool: Workers) -> None:
+    """Every job of a stream on a set with another time namespace gets its
+    own UnsupportedKindError, and nothing runs."""
+    ran: list[int] = []
+    with NamespaceSet.unshare(Kind.TIME | Kind.NET) as s:
+        jobs = run_jobs(pool, s, [lambda: ran.append(1)] * 3)
+    errors = [job.error for job in jobs]
+    assert all(isinstance(e, UnsupportedKindError) for e in errors)
+    assert len({id(e) for e in errors}) == 3
+    assert ran == []
+
+
+def test_shutdown_cancels_queued_stream_jobs() -> None:
+    """shutdown(cancel_futures=True) reports every job no worker has taken
+    as cancelled; the running one finishes."""
+    w = Workers(max_workers=1)
+    gate = threading.Event()
+    outcomes: list[BaseException | None] = []
+    done = threading.Semaphore(0)
+
+    def record(job: workers.Job) -> None:
+        outcomes.append(job.error)
+        done.release()
+
+    try:
+        with NamespaceSet.unshare(Kind.NET) as s:
+            started = threading.Event()
+
+            def first() -> None:
+                started.set()
+                gate.wait(10)
+
+            w.submit_job(s, workers.Job(first, (), {}, record))
+            assert started.wait(10)
+            for _ in range(3):
+                w.submit_job(s, workers.Job(os.getpid, (), {}, record))
+            w.shutdown(wait=False, cancel_futures=True)
+            gate.set()
+            for _ in range(4):
+                assert done.acquire(timeout=10)
+    finally:
+        gate.set()
+        w.shutdown()
+    assert all(isinstance(e, CancelledError) for e in outcomes[:3])
+    assert outcomes[3] is None

@@ -28,20 +28,34 @@ import errno
 import json
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from . import _sys
-from ._options import PROC_FLAGS, TMP_DATA, TMP_FLAGS, SetOptions, map_text
+from ._options import PROC_FLAGS, TMP_DATA, TMP_FLAGS, IdMap, SetOptions, map_text
 from .errors import NamespaceError, from_errno
 from .kinds import SETNS_ORDER, Kind
 
-__all__ = ["HELPER_WAIT", "Helper", "make_in_helper"]
+__all__ = ["HELPER_WAIT", "REAP_SOURCE", "Helper", "make_in_helper", "write_id_maps"]
 
 #: Seconds to wait for the helper at each step before giving up on it.
 HELPER_WAIT = 10.0
 
-_HELPER_SOURCE = """\
-import ctypes, json, os, signal, sys
+#: Python source of a SIGCHLD handler that reaps every finished child, for
+#: the init of a pid namespace (the one nspool starts from a thread, and the
+#: one a helper process forks).
+REAP_SOURCE = """\
+def reap(*_):
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+"""
+
+_HELPER_SOURCE = (
+    "import ctypes, json, os, signal, sys\n"
+    + REAP_SOURCE
+    + """\
 cfg = json.loads(sys.argv[1])
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = (ctypes.c_char_p,) * 3 + (ctypes.c_ulong, ctypes.c_char_p)
@@ -89,12 +103,6 @@ if cfg["pid"]:
     if init == 0:
         os.close(life_w)
         os.close(ready_r)
-        def reap(*_):
-            try:
-                while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                    pass
-            except ChildProcessError:
-                pass
         signal.signal(signal.SIGCHLD, reap)
         if cfg["proc"] and libc.mount(b"proc", b"/proc", b"proc", cfg["proc"], None) == -1:
             os.write(ready_w, str(ctypes.get_errno()).encode())
@@ -113,6 +121,7 @@ say("R %d" % init)
 while os.read(0, 64):
     pass
 """
+)
 
 
 class Helper:
@@ -185,7 +194,7 @@ def make_in_helper(
     try:
         if kinds & Kind.USER:
             _expect(process, kinds, "U")
-            _write_maps(process.pid, options)
+            write_id_maps(process.pid, options.uid_map, options.gid_map)
             assert process.stdin is not None
             process.stdin.write(b"m")
             process.stdin.flush()
@@ -230,23 +239,24 @@ def _expect(process: subprocess.Popen[bytes], kinds: Kind, tag: str) -> str:
     )
 
 
-def _write_maps(pid: int, options: SetOptions) -> None:
-    """Write the helper's uid and gid maps from outside. The gid map needs
-    ``setgroups`` denied first unless the writer may set groups in the
-    parent user namespace: deny it then, and only then."""
+def write_id_maps(pid: int, uid_map: Sequence[IdMap], gid_map: Sequence[IdMap]) -> None:
+    """Write the uid and gid maps of ``pid``'s user namespace (an empty map
+    is left unwritten). The gid map needs ``setgroups`` denied first unless
+    the writer may set groups in the parent user namespace: deny it then,
+    and only then."""
     proc = f"/proc/{pid}"
-    if options.uid_map:
-        _sys.write_proc(f"{proc}/uid_map", map_text(options.uid_map), kind=Kind.USER, pid=pid)
-    if not options.gid_map:
+    if uid_map:
+        _sys.write_proc(f"{proc}/uid_map", map_text(uid_map), kind=Kind.USER, pid=pid)
+    if not gid_map:
         return
-    gid_map = map_text(options.gid_map)
+    gid_text = map_text(gid_map)
     try:
-        _sys.write_proc(f"{proc}/gid_map", gid_map, kind=Kind.USER, pid=pid)
+        _sys.write_proc(f"{proc}/gid_map", gid_text, kind=Kind.USER, pid=pid)
     except NamespaceError as exc:
         if exc.errno != errno.EPERM:
             raise
         _sys.write_proc(f"{proc}/setgroups", "deny", kind=Kind.USER, pid=pid)
-        _sys.write_proc(f"{proc}/gid_map", gid_map, kind=Kind.USER, pid=pid)
+        _sys.write_proc(f"{proc}/gid_map", gid_text, kind=Kind.USER, pid=pid)
 
 
 def _close(fds: Mapping[Kind, int]) -> None:

@@ -331,13 +331,24 @@ async def create_tcp_listener_in(
 # -- processes --------------------------------------------------------------------------
 
 
-class _PipeReceiveStream(anyio.abc.ByteReceiveStream):
-    """The read end of a pipe from a process, read on the event loop: the fd
-    is non-blocking and waiting uses the loop's readiness (no thread)."""
+class _Pipe:
+    """One end of a pipe to or from a process, used on the event loop: the
+    fd is non-blocking and waiting uses the loop's readiness (no thread)."""
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
+
+    async def aclose(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            anyio.notify_closing(fd)
+            os.close(fd)
+        await anyio.lowlevel.checkpoint()
+
+
+class _PipeReceiveStream(_Pipe, anyio.abc.ByteReceiveStream):
+    """The read end of a pipe from a process."""
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         while True:
@@ -353,20 +364,9 @@ class _PipeReceiveStream(anyio.abc.ByteReceiveStream):
                 raise anyio.EndOfStream
             return data
 
-    async def aclose(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            anyio.notify_closing(fd)
-            os.close(fd)
-        await anyio.lowlevel.checkpoint()
 
-
-class _PipeSendStream(anyio.abc.ByteSendStream):
-    """The write end of a pipe to a process, written on the event loop."""
-
-    def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self._fd = fd
+class _PipeSendStream(_Pipe, anyio.abc.ByteSendStream):
+    """The write end of a pipe to a process."""
 
     async def send(self, item: bytes) -> None:
         view = memoryview(item)
@@ -383,13 +383,6 @@ class _PipeSendStream(anyio.abc.ByteSendStream):
                 raise anyio.BrokenResourceError from exc
             if not view:
                 return
-
-    async def aclose(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            anyio.notify_closing(fd)
-            os.close(fd)
-        await anyio.lowlevel.checkpoint()
 
 
 def _take_fd(pipe: IO[bytes]) -> int:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 from . import _sys
 from ._options import PROC_FLAGS, SetOptions, UnshareOptions
-from ._userns import make_in_helper
+from ._userns import REAP_SOURCE, make_in_helper
 from .errors import (
     KindError,
     NamespaceError,
@@ -82,14 +82,10 @@ KindsArg = Kind | int | str | Iterable[str | Kind]
 # With an argument it first mounts /proc for its namespace (a private
 # /proc must be mounted from inside the pid namespace) and reports on
 # stdout: "ok", or the errno of the mount.
-_INIT_SOURCE = """\
-import os, signal, sys
-def reap(*_):
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        pass
+_INIT_SOURCE = (
+    "import os, signal, sys\n"
+    + REAP_SOURCE
+    + """\
 signal.signal(signal.SIGCHLD, reap)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 if len(sys.argv) > 1:
@@ -104,6 +100,7 @@ if len(sys.argv) > 1:
 while os.read(0, 64):
     pass
 """
+)
 
 
 #: Seconds ``close()`` waits for a pid namespace's init to be reaped before
@@ -297,6 +294,16 @@ def enter(fds: Mapping[Kind, int], *, skip: Kind = NO_KINDS) -> None:
         if kind is Kind.MNT:
             _sys.unshare_fs()
         _sys.setns(fd, kind)
+
+
+def _run_hook(s: NamespaceSet, hook: Callable[[NamespaceSet], object]) -> None:
+    """Call ``hook(s)`` on the calling thread, which is inside ``s``, with
+    ``s`` as :func:`current` meanwhile."""
+    _thread.stack.append(s)
+    try:
+        hook(s)
+    finally:
+        _thread.stack.pop()
 
 
 def _on_helper_thread(work: Callable[[], _T], cleanup: Callable[[_T], None], *, name: str) -> _T:
@@ -517,14 +524,11 @@ class NamespaceSet:
                     init = base_init.acquire()
                 made = cls({**shared, **new_fds}, init=init)
                 if hook is not None:
-                    _thread.stack.append(made)
                     try:
-                        hook(made)
+                        _run_hook(made, hook)
                     except BaseException:
                         made.close()
                         raise
-                    finally:
-                        _thread.stack.pop()
                 return made
 
             return _on_helper_thread(work, NamespaceSet.close, name="nspool-unshare")
@@ -559,11 +563,7 @@ class NamespaceSet:
                 try:
                     with made._borrow() as fds:
                         enter(fds, skip=Kind.USER | Kind.TIME)
-                    _thread.stack.append(made)
-                    try:
-                        hook(made)
-                    finally:
-                        _thread.stack.pop()
+                    _run_hook(made, hook)
                 except BaseException:
                     made.close()
                     raise

@@ -43,7 +43,7 @@ from . import _sys
 from ._options import SetOptions, UnshareOptions
 from .kinds import Kind
 from .net import loopback_up
-from .nsset import _THREAD_NS_DIR, KindsArg, NamespaceSet, _close_fds, _thread
+from .nsset import _THREAD_NS_DIR, KindsArg, NamespaceSet, _close_fds, _run_hook
 from .workers import _CHECKED, Workers, _Home, _ThreadLinks, default_workers
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "CLOSE_INTERVAL", "Lease", "Pool", "PoolStats"]
@@ -125,11 +125,7 @@ class _Creator:
                 fds[kind] = _sys.open_ns(path, kind)
             s = NamespaceSet(fds)
             if hook is not None:
-                _thread.stack.append(s)
-                try:
-                    hook(s)
-                finally:
-                    _thread.stack.pop()
+                _run_hook(s, hook)
         except BaseException:
             if s is not None:
                 s.close()

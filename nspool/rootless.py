@@ -32,7 +32,8 @@ import errno
 import os
 
 from . import _sys
-from .errors import NamespaceError, UnsupportedKindError
+from ._userns import write_id_maps
+from .errors import UnsupportedKindError
 from .kinds import Kind
 
 __all__ = ["enter_user_namespace"]
@@ -60,15 +61,4 @@ def enter_user_namespace(*, uid: int = 0, gid: int = 0) -> None:
         )
     outside_uid, outside_gid = os.geteuid(), os.getegid()
     _sys.unshare(Kind.USER)
-    pid = os.getpid()
-    _sys.write_proc(f"/proc/{pid}/uid_map", f"{uid} {outside_uid} 1\n", kind=Kind.USER, pid=pid)
-    gid_map = f"{gid} {outside_gid} 1\n"
-    try:
-        _sys.write_proc(f"/proc/{pid}/gid_map", gid_map, kind=Kind.USER, pid=pid)
-    except NamespaceError as exc:
-        # Without CAP_SETGID in the parent namespace the kernel takes a gid
-        # map only once setgroups is denied.
-        if exc.errno != errno.EPERM:
-            raise
-        _sys.write_proc(f"/proc/{pid}/setgroups", "deny", kind=Kind.USER, pid=pid)
-        _sys.write_proc(f"/proc/{pid}/gid_map", gid_map, kind=Kind.USER, pid=pid)
+    write_id_maps(os.getpid(), [(uid, outside_uid, 1)], [(gid, outside_gid, 1)])

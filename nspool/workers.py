@@ -634,30 +634,44 @@ class _Worker:
             self._leave(0, self.home.ids)
             self._after(call)
             return
+
+        def fail(exc: BaseException) -> None:
+            call.error = exc
+
+        self._in_set(s, lambda _expected: self._call(call), fail)
+        self._after(call)
+
+    def _in_set(
+        self,
+        s: NamespaceSet,
+        body: Callable[[dict[Kind, int]], None],
+        fail: Callable[[BaseException], None],
+    ) -> None:
+        """Enter ``s``, run ``body(expected)`` with ``s`` as
+        :func:`current`, check and go home. ``fail(error)`` instead of
+        ``body`` if ``s`` is closed or cannot be entered. Raises
+        :class:`_Discard` if the thread must not be reused."""
         try:
             s._acquire()
         except NamespaceError as exc:
-            call.error = exc
-            self._after(call)
+            fail(exc)
             return
         try:
             expected = dict(self.here)
             try:
                 self._enter(s, expected)
             except OSError as exc:
-                call.error = exc
+                fail(exc)
                 self._leave(s._bits, self.here)
-                self._after(call)
                 return
             _thread.stack.append(s)
             try:
-                self._call(call)
+                body(expected)
             finally:
                 _thread.stack.pop()
             self._leave(s._bits, expected)
         finally:
             s._leave()
-        self._after(call)
 
     def _drain(self, stream: _Stream) -> None:
         """Enter the stream's set once and run its jobs until none is left,
@@ -668,28 +682,11 @@ class _Worker:
         if workers is None:
             return
         stream.growing = False
-        s = stream.nsset
-        try:
-            s._acquire()
-        except NamespaceError as exc:
-            workers._fail_stream(stream, exc)
-            return
-        try:
-            expected = dict(self.here)
-            try:
-                self._enter(s, expected)
-            except OSError as exc:
-                workers._fail_stream(stream, exc)
-                self._leave(s._bits, self.here)
-                return
-            _thread.stack.append(s)
-            try:
-                self._run_jobs(workers, stream, expected)
-            finally:
-                _thread.stack.pop()
-            self._leave(s._bits, expected)
-        finally:
-            s._leave()
+        self._in_set(
+            stream.nsset,
+            lambda expected: self._run_jobs(workers, stream, expected),
+            lambda exc: workers._fail_stream(stream, exc),
+        )
 
     def _run_jobs(self, workers: Workers, stream: _Stream, expected: dict[Kind, int]) -> None:
         """Run jobs until the stream is empty. Outcomes are handed over in

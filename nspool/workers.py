@@ -116,10 +116,6 @@ def _checked_after(kind_bits: int) -> tuple[Kind, ...]:
     return checked
 
 
-#: A worker running a stream of jobs for one set hands their outcomes over
-#: after at most this many (and whenever none is waiting).
-DELIVER_EVERY = 32
-
 #: Kinds a worker that cannot go home (rootless mode) parks in the process's
 #: *limbo* set between calls instead: empty namespaces of nspool's own, so
 #: that an idle thread keeps no set alive. A worker that has left home in
@@ -689,51 +685,46 @@ class _Worker:
         )
 
     def _run_jobs(self, workers: Workers, stream: _Stream, expected: dict[Kind, int]) -> None:
-        """Run jobs until the stream is empty. Outcomes are handed over in
-        batches (:data:`DELIVER_EVERY`, or whenever no job is waiting): a
-        submitter awaiting many results then wakes once for many."""
+        """Run jobs until the stream is empty, each outcome handed over as
+        soon as the thread is checked (the submitter's side batches its
+        wake-ups: see ``nspool.aio``)."""
         jobs, s = stream.jobs, stream.nsset
         bits = s._bits
-        done: list[Job] = []
         busy = stream.busy
-        try:
-            while True:
-                # Counted busy before taking a job: a job submitted from now
-                # on brings another drainer unless one of them is free.
-                busy.add(self)
-                try:
-                    job = jobs.popleft()
-                except IndexError:
-                    busy.discard(self)
-                    _deliver_jobs(done)
-                    if workers._drainer_done(stream):
-                        return
-                    continue
-                if jobs and not stream.growing:
-                    workers._grow(stream)  # more waiting: another thread may help
-                if job.cancelled:
-                    busy.discard(self)
-                    continue
-                done.append(job)
-                if s._closed:
-                    job.error = _closed_error(s)
-                    busy.discard(self)
-                    continue
-                try:
-                    job.result = job.context.run(job.fn, *job.args, **job.kwargs)
-                except BaseException as exc:
-                    job.error = exc
-                try:
-                    self._between_jobs(bits, expected)
-                except _Discard:
-                    busy.discard(self)
-                    workers._drainer_lost(stream)
-                    raise
+        while True:
+            # Counted busy before taking a job: a job submitted from now on
+            # brings another drainer unless one of them is free.
+            busy.add(self)
+            try:
+                job = jobs.popleft()
+            except IndexError:
                 busy.discard(self)
-                if not jobs or len(done) >= DELIVER_EVERY:
-                    _deliver_jobs(done)
-        finally:
-            _deliver_jobs(done)
+                if workers._drainer_done(stream):
+                    return
+                continue
+            if jobs and not stream.growing:
+                workers._grow(stream)  # more waiting: another thread may help
+            if job.cancelled:
+                busy.discard(self)
+                continue
+            if s._closed:
+                job.error = _closed_error(s)
+                busy.discard(self)
+                job.on_done(job)
+                continue
+            try:
+                job.result = job.context.run(job.fn, *job.args, **job.kwargs)
+            except BaseException as exc:
+                job.error = exc
+            try:
+                self._between_jobs(bits, expected)
+            except _Discard:
+                busy.discard(self)
+                job.on_done(job)
+                workers._drainer_lost(stream)
+                raise
+            busy.discard(self)
+            job.on_done(job)
 
     def _between_jobs(self, kind_bits: int, expected: dict[Kind, int]) -> None:
         """After a job, before the next one in the same set: the thread must
@@ -1303,12 +1294,6 @@ class Workers(Executor):
             f"<Workers {state} threads={st.threads} idle={st.idle} "
             f"queued={st.queued} discarded={st.discarded}>"
         )
-
-
-def _deliver_jobs(done: list[Job]) -> None:
-    for job in done:
-        job.on_done(job)
-    done.clear()
 
 
 def _drain_marker() -> None:

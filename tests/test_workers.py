@@ -770,3 +770,27 @@ def test_shutdown_cancels_queued_stream_jobs() -> None:
         w.shutdown()
     assert all(isinstance(e, CancelledError) for e in outcomes[:3])
     assert outcomes[3] is None
+
+
+def test_stream_hands_each_outcome_over_before_the_next_job() -> None:
+    """A job's outcome reaches its submitter before the next job of the
+    stream runs, even on one thread: a slow job never holds back the
+    results of those before it."""
+    w = Workers(max_workers=1)
+    delivered = threading.Event()
+    finished = threading.Semaphore(0)
+    try:
+        with NamespaceSet.unshare(Kind.NET) as s:
+
+            def first_done(_job: workers.Job) -> None:
+                delivered.set()
+                finished.release()
+
+            w.submit_job(s, workers.Job(os.getpid, (), {}, first_done))
+            second = workers.Job(delivered.wait, (10,), {}, lambda _j: finished.release())
+            w.submit_job(s, second)
+            assert finished.acquire(timeout=10)
+            assert finished.acquire(timeout=10)
+        assert second.result is True
+    finally:
+        w.shutdown()

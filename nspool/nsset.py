@@ -486,8 +486,9 @@ class NamespaceSet:
         """Make the set on a throwaway helper thread (or in a helper process
         if it holds a user namespace); ``hook(set)`` runs on that thread
         while it is still inside the new namespaces (the pool's after-create
-        hook, with no extra thread hop), or on a worker for a user set. If
-        the hook raises, the set is closed and the error propagates."""
+        hook, with no extra thread hop); for a user set, after that thread
+        has entered all but its user and time namespaces. If the hook
+        raises, the set is closed and the error propagates."""
         if base is not None and kinds & Kind.PID and base._kinds & Kind.PID:
             raise UnsupportedKindError(
                 errno.EINVAL,
@@ -511,12 +512,22 @@ class NamespaceSet:
                 raise from_errno(exc.errno or errno.EIO, syscall="dup", kind=kinds) from exc
             base_init = base._init if base is not None and Kind.PID in shared else None
 
-            if kinds & Kind.USER or Kind.USER in base_fds:
-                return cls._create_in_helper(kinds, base_fds, shared, base_init, hook, options)
+            # A thread of a threaded process can neither create nor join a
+            # user namespace: such sets are made in a helper process.
+            in_helper = bool(kinds & Kind.USER) or Kind.USER in base_fds
 
             def work() -> NamespaceSet:
+                init: _PidInit | None
                 try:
-                    new_fds, init = _make_namespaces(kinds, base_fds, options)
+                    if in_helper:
+                        new_fds, helper = make_in_helper(kinds, base_fds, options)
+                        init = (
+                            None
+                            if helper is None
+                            else _PidInit(helper.process, pid=helper.init_pid)
+                        )
+                    else:
+                        new_fds, init = _make_namespaces(kinds, base_fds, options)
                 except BaseException:
                     _close_fds(shared.values())
                     raise
@@ -525,6 +536,11 @@ class NamespaceSet:
                 made = cls({**shared, **new_fds}, init=init)
                 if hook is not None:
                     try:
+                        if in_helper:
+                            # This thread made nothing itself: it enters what
+                            # a thread can (all but user and time).
+                            with made._borrow() as fds:
+                                enter(fds, skip=Kind.USER | Kind.TIME)
                         _run_hook(made, hook)
                     except BaseException:
                         made.close()
@@ -532,44 +548,6 @@ class NamespaceSet:
                 return made
 
             return _on_helper_thread(work, NamespaceSet.close, name="nspool-unshare")
-
-    @classmethod
-    def _create_in_helper(
-        cls,
-        kinds: Kind,
-        base_fds: Mapping[Kind, int],
-        shared: dict[Kind, int],
-        base_init: _PidInit | None,
-        hook: Callable[[NamespaceSet], object] | None,
-        options: SetOptions,
-    ) -> NamespaceSet:
-        """:meth:`_create` for a set that holds a user namespace: the
-        namespaces are made in a helper process (see ``nspool._userns``),
-        from a throwaway thread that then enters what a thread can (all but
-        user and time) to run ``hook``."""
-
-        def work() -> NamespaceSet:
-            try:
-                new_fds, helper = make_in_helper(kinds, base_fds, options)
-            except BaseException:
-                _close_fds(shared.values())
-                raise
-            if helper is not None:
-                init: _PidInit | None = _PidInit(helper.process, pid=helper.init_pid)
-            else:
-                init = base_init.acquire() if base_init is not None else None
-            made = cls({**shared, **new_fds}, init=init)
-            if hook is not None:
-                try:
-                    with made._borrow() as fds:
-                        enter(fds, skip=Kind.USER | Kind.TIME)
-                    _run_hook(made, hook)
-                except BaseException:
-                    made.close()
-                    raise
-            return made
-
-        return _on_helper_thread(work, NamespaceSet.close, name="nspool-unshare")
 
     @classmethod
     def current(cls, kinds: KindsArg = ALL_KINDS) -> NamespaceSet:

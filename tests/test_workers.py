@@ -684,29 +684,43 @@ def test_stream_jobs_that_block_run_side_by_side(pool: Workers) -> None:
     assert sorted(job.result for job in jobs) == [0, 1, 2, 3]
 
 
-def test_stream_jobs_cancelled_while_queued_never_run(pool: Workers) -> None:
+def test_stream_jobs_cancelled_while_queued_never_run() -> None:
     """A job marked cancelled before a worker takes it never runs and is
-    never reported; the others run in order; contextvars are each job's."""
+    never reported; the others run in order; contextvars are each job's.
+    One worker, busy with a first job, so that the others stay queued."""
+    w = Workers(max_workers=1)
     gate = threading.Event()
+    started = threading.Event()
     ran: list[int] = []
     var: contextvars.ContextVar[int] = contextvars.ContextVar("var")
     finished = threading.Semaphore(0)
-    with NamespaceSet.unshare(Kind.NET) as s:
-        first = workers.Job(gate.wait, (10,), {}, lambda _j: finished.release())
-        pool.submit_job(s, first)
-        queued = []
-        for i in range(6):
-            var.set(i)
-            job = workers.Job(lambda: ran.append(var.get()), (), {}, lambda _j: finished.release())
-            queued.append(job)
-            pool.submit_job(s, job)
-        for job in queued[::2]:
-            job.cancelled = True
+
+    def first() -> None:
+        started.set()
+        gate.wait(10)
+
+    try:
+        with NamespaceSet.unshare(Kind.NET) as s:
+            w.submit_job(s, workers.Job(first, (), {}, lambda _j: finished.release()))
+            assert started.wait(10)
+            queued = []
+            for i in range(6):
+                var.set(i)
+                job = workers.Job(
+                    lambda: ran.append(var.get()), (), {}, lambda _j: finished.release()
+                )
+                queued.append(job)
+                w.submit_job(s, job)
+            for job in queued[::2]:
+                job.cancelled = True
+            gate.set()
+            for _ in range(4):
+                assert finished.acquire(timeout=10)
+            assert not finished.acquire(timeout=0.2)
+    finally:
         gate.set()
-        for _ in range(4):
-            assert finished.acquire(timeout=10)
-        assert not finished.acquire(timeout=0.2)
-    assert sorted(ran) == [1, 3, 5]
+        w.shutdown()
+    assert ran == [1, 3, 5]
 
 
 def test_stream_on_a_set_closed_meanwhile() -> None:

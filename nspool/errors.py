@@ -28,6 +28,7 @@ __all__ = [
     "NamespaceNotFoundError",
     "NamespacePermissionError",
     "NotANamespaceError",
+    "PoolClosedError",
     "ProcessNotFoundError",
     "SetClosedError",
     "UnsupportedKindError",
@@ -144,6 +145,11 @@ class UnsupportedKindError(NamespaceError):
 
 class SetClosedError(NamespaceError):
     """The ``NamespaceSet`` was used after ``close()`` (errno ``EBADF``)."""
+
+
+class PoolClosedError(NamespaceError, RuntimeError):
+    """A ``Pool`` was used after ``close()`` (errno ``EBADF``). Also a
+    ``RuntimeError``, which the pool raised for this before."""
 
 
 _BY_ERRNO: dict[int, type[NamespaceError]] = {

@@ -15,6 +15,7 @@ EXPECTED = {
     "NamespaceSet",
     "NotANamespaceError",
     "Pool",
+    "PoolClosedError",
     "PoolStats",
     "ProcessNotFoundError",
     "SetClosedError",

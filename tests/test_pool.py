@@ -170,12 +170,33 @@ def test_constructor_checks_its_arguments() -> None:
 # -- after-create hooks -------------------------------------------------------------
 
 
-def test_default_after_create_brings_lo_up(executor: Workers) -> None:
-    """In a net pool the default hook brings lo up; a hook that does nothing leaves it down."""
-    with Pool(Kind.NET, warm=1, workers=executor) as p, p.lease() as s:
+@pytest.mark.parametrize("processes", [True, False], ids=["creator-process", "creator-thread"])
+def test_lo_comes_up_before_the_users_hook_unless_loopback_is_false(
+    executor: Workers, processes: bool
+) -> None:
+    """lo is up in a net pool's sets, also with a hook of the user's (which
+    runs after it, inside the set); loopback=False leaves it down."""
+    seen: list[bool] = []
+    with (
+        Pool(Kind.NET, warm=1, workers=executor, creator_processes=processes) as p,
+        p.lease() as s,
+    ):
         assert executor.run_sync(s, loopback_connects)
     with (
-        Pool(Kind.NET, warm=0, after_create=lambda _s: None, workers=executor) as p,
+        Pool(
+            Kind.NET,
+            warm=1,
+            after_create=lambda _s: seen.append(loopback_connects()),
+            workers=executor,
+            creator_processes=processes,
+        ) as p,
+        p.lease() as s,
+    ):
+        assert executor.run_sync(s, loopback_connects)
+    assert seen
+    assert all(seen), "the user's hook ran before lo was up"
+    with (
+        Pool(Kind.NET, warm=1, loopback=False, workers=executor, creator_processes=processes) as p,
         p.lease() as s,
     ):
         assert not executor.run_sync(s, loopback_connects)
@@ -330,7 +351,8 @@ def test_close_destroys_every_set_it_holds_and_leased_ones_on_return(
 ) -> None:
     """After close no set of the pool outlives it; a set leased at close dies when put back."""
     # Slow the closer so that discarded sets are still waiting when the pool closes.
-    monkeypatch.setattr(pool_module, "CLOSE_INTERVAL", 0.1)
+    monkeypatch.setattr(pool_module, "CLOSE_TICK", 0.1)
+    monkeypatch.setattr(pool_module, "CLOSE_RATE", 1)
     with Pool(Kind.NET, warm=3, after_create=inside_witness.plant, workers=executor) as p:
         assert wait_until(lambda: p.stats().ready == 3)
         leased = p.get()

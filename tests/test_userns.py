@@ -340,15 +340,20 @@ def test_private_proc_set_in_a_recycling_pool(fresh_workers: None) -> None:
     """The library's own reads inside a set with a private /proc (the
     recycle check's net_state) go through the host's /proc: inside, the
     set's /proc has no entry for the worker thread, yet net_state sees the
-    netns's lo, and a recycled set is verified and reused."""
+    netns's lo, and a recycled set is verified and reused.
+
+    max_sets=1, so that no creator can make a second set to be handed out in
+    place of the recycled one (the race that made this test flaky)."""
     from nspool.pool import net_state
 
     with Pool(
         Kind.NET | Kind.PID | Kind.MNT,
         warm=1,
+        max_sets=1,
         private_proc=True,
         recycle=lambda s: None,
     ) as pool:
+        pool.wait_ready(timeout=30)
         first = pool.get()
         ino = first.id(Kind.NET)
         assert not first.run_sync(os.path.exists, "/proc/thread-self")

@@ -24,8 +24,8 @@
     (the pool's own, hook included) from the burst until then and through
     the following second, and the worst ``get()`` in that second (one
     request every 2 ms), with the
-    trickling closer (``nspool.pool.CLOSE_INTERVAL``) and with
-    ``CLOSE_INTERVAL = 0`` (every discarded set closed at once).
+    pacing closer (``nspool.pool.CLOSE_RATE`` closes a second) and with
+    no pacing (every discarded set closed at once).
 
 Prints a table of medians and ratios and writes ``bench/results/pool.json``.
 Needs root. The kernel frees a netns asynchronously, so every variant starts
@@ -49,8 +49,11 @@ from nspool import pool as nspool_pool
 from ._common import Row, interleave, no_gc, run_main, settle
 from .kernel_costs import all_freed, create_rate
 
-#: The library's trickle, read before any variant changes it.
-TRICKLE = nspool_pool.CLOSE_INTERVAL
+#: The library's closing pace (closes a second), read before any variant
+#: changes it; 0 stands for no pacing (every discarded set at once).
+TRICKLE = float(nspool_pool.CLOSE_RATE)
+#: A pace no closer reaches: every waiting set closed in one batch.
+_UNPACED = 10**9
 
 Hook = Callable[[NamespaceSet], object] | None
 
@@ -105,15 +108,15 @@ def noop_hook(_s: NamespaceSet) -> None:
 
 
 @contextlib.contextmanager
-def close_interval(seconds: float) -> Iterator[None]:
-    """Set ``nspool.pool.CLOSE_INTERVAL`` for a while (the closer reads it
-    after every close)."""
-    old = nspool_pool.CLOSE_INTERVAL
-    nspool_pool.CLOSE_INTERVAL = seconds
+def close_interval(rate: float) -> Iterator[None]:
+    """Set ``nspool.pool.CLOSE_RATE`` to ``rate`` closes a second (0: no
+    pacing) for a while (the closer reads it before every batch)."""
+    old = nspool_pool.CLOSE_RATE
+    nspool_pool.CLOSE_RATE = int(rate) if rate else _UNPACED
     try:
         yield
     finally:
-        nspool_pool.CLOSE_INTERVAL = old
+        nspool_pool.CLOSE_RATE = old
 
 
 def closer_backlog(pool: Pool) -> int:
@@ -444,7 +447,7 @@ def bench_burst(sizes: Sizes, workers: Workers, console: Console) -> list[Row]:
         interleave(variants, sizes.burst_rounds, sizes.burst_rounds)
     settle(sizes.settle_max)
     rows: list[Row] = []
-    ms = f"{TRICKLE * 1e3:g} ms"
+    ms = f"{TRICKLE:,.0f}/s"
     for label, attr, design in (
         ("back to warm", "back_to_warm", ""),
         ("worst creation after it", "worst_create", "stall up to ~150 ms"),

@@ -49,7 +49,7 @@ from . import _common
 from ._common import Row
 
 #: The benchmark modules, in the order they run (cheapest and most basic first).
-MODULES = ("kernel_costs", "workers", "pool", "aio", "baselines", "rootless")
+MODULES = ("kernel_costs", "workers", "pool", "pool_paced", "aio", "baselines", "rootless")
 #: Other names ``--only`` accepts.
 ALIASES = {"async": "aio", "kernel": "kernel_costs"}
 

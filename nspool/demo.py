@@ -517,6 +517,7 @@ async def _measure(args: argparse.Namespace, console: Console, with_ip: bool) ->
     tallies = {"paced": _Tally(), "bursts": _Tally()}
     with Workers(max_workers=args.concurrency) as workers:
         async with Pool(Kind.NET, warm=args.warm, workers=workers, creators=CREATORS) as pool:
+            await pool.await_ready()  # serve from a full pool
 
             async def pooled(number: int) -> int | None:
                 # `handle` is looked up per call, so a test can swap it.

@@ -162,6 +162,7 @@ def _leases(sizes: Sizes, console: Console) -> list[Row]:
     raw: list[float] = []
     pooled: list[float] = []
     misses: list[int] = []
+    each = sizes.leases // 4
     try:
         for _ in range(sizes.lease_rounds):
             settle(sizes.settle_max)
@@ -172,14 +173,9 @@ def _leases(sizes: Sizes, console: Console) -> list[Row]:
                 pool.wait_ready()
                 settle(sizes.settle_max)
                 before = pool.stats().misses
-                each = sizes.leases // 4
-
-                def take() -> None:
-                    for _ in range(each):
-                        with pool.lease():
-                            pass
-
-                threads = [threading.Thread(target=take) for _ in range(4)]
+                threads = [
+                    threading.Thread(target=_take_leases, args=(pool, each)) for _ in range(4)
+                ]
                 start = time.perf_counter()
                 for t in threads:
                     t.start()
@@ -202,6 +198,12 @@ def _leases(sizes: Sizes, console: Console) -> list[Row]:
             extra={"misses": misses},
         ),
     ]
+
+
+def _take_leases(pool: Pool, count: int) -> None:
+    for _ in range(count):
+        with pool.lease():
+            pass
 
 
 def measure(sizes: Sizes, console: Console) -> list[Row]:

@@ -1085,7 +1085,9 @@ class Pool:
         """The closer thread: close discarded sets in small batches, at most
         :data:`CLOSE_RATE` a second while the backlog is small, so that the
         kernel's cleanup does not stall creations; at once down to half its
-        bound when it is behind."""
+        bound when it is behind. It runs on the creator CPUs, away from the
+        requests."""
+        self._pin_here()
         while True:
             with self._lock:
                 while self._running and not self._to_close:

@@ -55,8 +55,11 @@ def children() -> list[int]:
     """This process's live child processes (from every thread)."""
     found: list[int] = []
     for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/children") as f:
-            found += [int(p) for p in f.read().split()]
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                found += [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            continue  # a thread that ended since the listing (and so has no children)
     return found
 
 

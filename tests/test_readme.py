@@ -1,0 +1,51 @@
+"""Every ```python block of README.md runs as written, as root, and leaves
+no ``ip netns`` name behind."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+#: Seconds one example may take (the pool ones wait for 16 netns).
+TIMEOUT = 60
+
+
+def python_blocks(text: str) -> list[str]:
+    """The source of each fenced ```python block of ``text``, in order."""
+    return BLOCK.findall(text)
+
+
+def netns_names() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return sorted(out.stdout.splitlines())
+
+
+BLOCKS = python_blocks(README.read_text())
+
+
+def test_readme_has_the_examples() -> None:
+    assert len(BLOCKS) >= 5
+    assert python_blocks("```python\nx = 1\n```\n```sh\nls\n```\n") == ["x = 1\n"]
+
+
+@pytest.mark.parametrize("source", BLOCKS, ids=[f"example{i + 1}" for i in range(len(BLOCKS))])
+def test_example_runs(source: str, syscall_backend: str) -> None:
+    if syscall_backend != "ctypes":
+        pytest.skip("a subprocess: the syscall backend of this process does not matter")
+    before = netns_names()
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", "-c", source],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert done.stdout, "an example prints what it shows"
+    assert netns_names() == before, "the example left an ip netns name"

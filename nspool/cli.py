@@ -9,7 +9,8 @@ removed before it returns; the only threads it starts are joined.
 ``demo`` serves requests, each in a fresh network namespace from a warm
 pool, and compares that with creating a namespace per request
 (:mod:`nspool.demo`). ``bench`` runs the benchmark suite of a source
-checkout (``bench/``) and prints its tables.
+checkout (``bench/``) and prints its tables. ``exec`` runs a command inside
+existing or fresh namespaces (:mod:`nspool._exec`).
 
 Each subcommand is a function taking the parsed arguments and a console,
 returning the exit code, registered in :func:`build_parser`.
@@ -291,7 +292,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", nargs="+", metavar="NAME", help="run only these benchmarks (e.g. pool aio)"
     )
     bench_parser.set_defaults(handler=bench)
+
+    exec_parser = commands.add_parser(
+        "exec",
+        help="run a command inside existing or fresh namespaces",
+        description="Run CMD inside the namespaces named (an `ip netns` name, a namespace "
+        "file or a pid for each kind) or fresh ones; CMD inherits stdio, gets the signals "
+        "sent to nspool, and its exit status is nspool's (128+N if signal N killed it).",
+    )
+    from . import _exec
+
+    _exec.add_arguments(exec_parser)
+    exec_parser.set_defaults(handler=exec_command)
     return parser
+
+
+def exec_command(args: argparse.Namespace, console: Console) -> int:
+    """``nspool exec``: see :mod:`nspool._exec`."""
+    from . import _exec
+
+    return _exec.exec_main(args)
 
 
 def demo(args: argparse.Namespace, console: Console) -> int:

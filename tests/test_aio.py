@@ -23,6 +23,7 @@ from nspool import Kind, NamespaceSet, Pool, Workers, aio, default_workers, nsse
 from nspool.net import loopback_up
 
 from .conftest import Witness, thread_ns, wait_until
+from .test_pool import netns_cookie
 
 WitnessFactory = Callable[[NamespaceSet], Witness]
 
@@ -150,12 +151,13 @@ async def test_pool_run_and_lease(pool_workers: Workers) -> None:
 
 async def test_cancelled_pool_run_throws_its_set_away(pool_workers: Workers) -> None:
     """A pool call abandoned while running: its set is thrown away when the
-    call finishes, never handed out again."""
-    seen: list[str] = []
+    call finishes, never handed out again. Compared by netns cookie: the
+    inode of the thrown-away netns is reused as soon as it is freed."""
+    seen: list[int] = []
     gate = threading.Event()
 
     def hold() -> None:
-        seen.append(thread_ns("net"))
+        seen.append(netns_cookie())
         gate.wait(5)
 
     async with Pool(Kind.NET, warm=2, workers=pool_workers) as pool:
@@ -165,7 +167,7 @@ async def test_cancelled_pool_run_throws_its_set_away(pool_workers: Workers) -> 
         gate.set()
         assert wait_until(lambda: pool.stats().leased == 0)
         for _ in range(5):
-            assert await pool.run(thread_ns, "net") != seen[0]
+            assert await pool.run(netns_cookie) != seen[0]
 
 
 async def test_pool_cancellation_storm_leaks_no_set(

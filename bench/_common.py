@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import threading
@@ -46,7 +47,10 @@ class Row:
     unit: str  # "us" per op, or "ops/s"
     samples: list[float]
     baseline: str | None = None  # name of the row it is compared with
-    design: str = ""  # what DESIGN.md says
+    #: The figure aimed at or expected, as text: "goal >= 20x faster",
+    #: "goal <= 0.85x" (of the ratio), "goal: p99 < 0.1 ms", or a reference
+    #: figure such as "~0.5 ms kernel CPU" (not checked).
+    goal: str = ""
     ratio: float | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: Show the ratio as a speed-up too (baseline's median / this median):
@@ -60,6 +64,12 @@ class Row:
     def quantile(self, q: float) -> float:
         ordered = sorted(self.samples)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def met(self) -> bool | None:
+        """Whether this run met :attr:`goal`; ``None`` if the goal is not a
+        checkable one (or the row has no ratio to check it against)."""
+        return goal_met(self.goal, self)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -75,9 +85,64 @@ class Row:
             "baseline": self.baseline,
             "ratio": self.ratio,
             "speedup": None if not self.ratio else 1 / self.ratio,
-            "design": self.design,
+            "goal": self.goal,
+            "met": self.met,
             **self.extra,
         }
+
+
+_RATIO_GOAL = re.compile(r"goal\s*(>=|<=|>|<)\s*([0-9.]+)x(\s+faster)?\s*$")
+_P99_GOAL = re.compile(r"goal:\s*p99\s*(<=|<)\s*([0-9.]+)\s*(ms|µs|us)\s*$")
+_UNIT_US = {"ms": 1000.0, "µs": 1.0, "us": 1.0}
+
+
+def _compare(value: float, op: str, bound: float) -> bool:
+    return {
+        ">=": value >= bound,
+        "<=": value <= bound,
+        ">": value > bound,
+        "<": value < bound,
+    }[op]
+
+
+def goal_met(goal: str, row: Row) -> bool | None:
+    """Whether ``row`` meets ``goal``: "goal OP Nx" compares the ratio (the
+    speed-up with "faster"), "goal: p99 < N ms" the row's p99; any other
+    text is a reference figure, ``None``."""
+    ratio = _RATIO_GOAL.fullmatch(goal.strip())
+    if ratio:
+        op, bound, faster = ratio.groups()
+        if not row.ratio:
+            return None
+        value = 1 / row.ratio if faster else row.ratio
+        return _compare(value, op, float(bound))
+    p99 = _P99_GOAL.fullmatch(goal.strip())
+    if p99:
+        op, bound, unit = p99.groups()
+        if row.unit != "us":
+            return None
+        return _compare(row.quantile(0.99), op, float(bound) * _UNIT_US[unit])
+    return None
+
+
+def show_met(met: bool | None) -> str:
+    """The "met?" cell: ``yes``, ``NO`` (a missed goal stands out), or empty."""
+    return "" if met is None else ("yes" if met else "NO")
+
+
+#: Units where more is better; in the others (times, memory) less is better.
+HIGHER_IS_BETTER = frozenset({"ops/s"})
+
+
+def better_note(units: Sequence[str]) -> str:
+    """Which way is better, for a table or plot of rows in ``units``."""
+    lower = [u for u in dict.fromkeys(units) if u not in HIGHER_IS_BETTER]
+    higher = [u for u in dict.fromkeys(units) if u in HIGHER_IS_BETTER]
+    if not higher:
+        return "lower is better"
+    if not lower:
+        return "higher is better"
+    return f"{', '.join(lower)}: lower is better; {', '.join(higher)}: higher is better"
 
 
 def on_thread(fn: Callable[[], T], name: str = "bench") -> T:
@@ -157,13 +222,20 @@ def fill_ratios(rows: Sequence[Row]) -> None:
 
 def show_ratio(row: Row) -> str:
     """The ratio cell: ``baseline``, ``1.23x``, or with ``faster``
-    ``0.0213x = 47x faster``."""
+    ``0.0213x = 47x faster``, ``1.06x = 1.06x slower`` or ``1.00x = same``."""
     if row.ratio is None:
         return "baseline"
     text = f"{row.ratio:.2f}x" if row.ratio >= 0.1 else f"{row.ratio:.3g}x"
     if row.faster and row.ratio > 0:
         speedup = 1 / row.ratio
-        text += f" = {speedup:,.1f}x faster" if speedup < 10 else f" = {speedup:,.0f}x faster"
+        if f"{row.ratio:.2f}" == "1.00" and f"{speedup:.2f}" == "1.00":
+            text += " = same"
+        elif speedup < 1:
+            text += f" = {row.ratio:,.2f}x slower"
+        elif speedup < 10:
+            text += f" = {speedup:,.2f}x faster"
+        else:
+            text += f" = {speedup:,.0f}x faster"
     return text
 
 
@@ -183,7 +255,8 @@ def render(rows: Sequence[Row], meta: dict[str, Any], console: Console, *, title
         markup=False,
         highlight=False,
     )
-    table = Table(title=f"{title} (ratio = median / baseline's median, same run)")
+    note = better_note([row.unit for row in rows])
+    table = Table(title=f"{title} (ratio = median / baseline's median, same run; {note})")
     table.add_column("", justify="right")
     table.add_column("measurement", overflow="fold")
     table.add_column("median", justify="right")
@@ -191,7 +264,8 @@ def render(rows: Sequence[Row], meta: dict[str, Any], console: Console, *, title
     table.add_column("p99", justify="right")
     table.add_column("n", justify="right")
     table.add_column("ratio", justify="right")
-    table.add_column("DESIGN.md says")
+    table.add_column("goal")
+    table.add_column("met?")
     previous = ""
     for row in rows:
         group, previous = ("" if row.group == previous else row.group), row.group
@@ -208,7 +282,8 @@ def render(rows: Sequence[Row], meta: dict[str, Any], console: Console, *, title
             p99,
             str(len(row.samples)),
             ratio,
-            row.design,
+            row.goal,
+            show_met(row.met),
             end_section=row is not rows[-1] and rows[rows.index(row) + 1].group != row.group,
         )
     console.print(table)

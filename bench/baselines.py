@@ -19,8 +19,10 @@ rows marked "faster" also show the speed-up (baseline's median / theirs):
     creating the netns adds. Pool calls come in batches of ``batch``, back to
     back, each batch from a warm pool (a demand below the refill rate); the
     pool's creators refill it while the batch runs, on the same CPUs;
-(b) a command per call: ``ip netns exec NAME true`` and ``unshare -n true``
-    (``subprocess.run``) against ``await s.run_process(["true"])`` in the same
+(b) a command per call: ``ip netns exec NAME true``, ``nsenter
+    --net=/run/netns/NAME true``, ``python -m nspool exec --net NAME -- true``
+    (a whole Python start-up: nspool's command line, not its library) and
+    ``unshare -n true`` (``subprocess.run``) against ``await s.run_process(["true"])`` in the same
     named netns, a fresh set from the pool running ``true``, and
     ``await pool.run(noop)`` (no process at all);
 (c) naming a new netns and removing the name: pyroute2 ``netns.create`` +
@@ -48,6 +50,7 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
@@ -260,6 +263,11 @@ def speedup(base: list[float], other: list[float]) -> float:
     return statistics.median(base) / statistics.median(other)
 
 
+def samples_ratio(these: list[float], base: list[float]) -> float:
+    """Median of ``these`` over median of ``base``."""
+    return statistics.median(these) / statistics.median(base)
+
+
 def counted(pool: Pool, variant: Variant, into: dict[str, int]) -> Variant:
     """``variant``, adding the pool's hits and misses during it to ``into``."""
 
@@ -314,7 +322,7 @@ def bench_fresh_call(
         "pyroute2 NetNS(new name) + get_links() + remove()",
         "us",
         samples["fresh"],
-        design="8 ms to open a NetNS, 0.8 ms a call",
+        goal="expected: 8 ms to open a NetNS, 0.8 ms a call",
     )
     rows = [
         base,
@@ -326,7 +334,7 @@ def bench_fresh_call(
             base.name,
         ),
     ]
-    for key, label, design in (
+    for key, label, goal in (
         ("noop", "await pool.run(noop), fresh netns per call", "goal >= 20x faster"),
         ("nameindex", "await pool.run(socket.if_nameindex): links by glibc", ""),
         ("iproute", "await pool.run(IPRoute().get_links()): same pyroute2 call", ""),
@@ -338,7 +346,7 @@ def bench_fresh_call(
                 "us",
                 samples[key],
                 base.name,
-                design=design,
+                goal=goal,
                 faster=True,
                 extra={
                     "speedup_vs_existing_netns": speedup(samples["existing"], samples[key]),
@@ -370,6 +378,10 @@ def bench_commands(
     variants = {
         "ip exec": timed_each(shell_out("ip", "netns", "exec", existing, "true")),
         "unshare": timed_each(shell_out("unshare", "-n", "true")),
+        "nsenter": timed_each(shell_out("nsenter", f"--net={NETNS_RUN_DIR}/{existing}", "true")),
+        "nspool exec": timed_each(
+            shell_out(sys.executable, "-m", "nspool", "exec", "--net", existing, "--", "true")
+        ),
         "run_process": async_calls(lambda: held.run_process(["true"])),
         "lease": counted(pool, async_calls(lease_true, pool, sizes.batch), counts["lease"]),
         "noop": counted(
@@ -382,7 +394,7 @@ def bench_commands(
         "subprocess.run(ip netns exec NAME true)",
         "us",
         samples["ip exec"],
-        design="about 4 ms a call",
+        goal="expected: about 4 ms a call",
     )
     unshare = Row(
         "b",
@@ -391,9 +403,26 @@ def bench_commands(
         samples["unshare"],
         base.name,
     )
+    nsenter = Row(
+        "b",
+        "subprocess.run(nsenter --net=/run/netns/NAME true)",
+        "us",
+        samples["nsenter"],
+        base.name,
+    )
+    nspool_exec = Row(
+        "b",
+        "subprocess.run(python -m nspool exec --net NAME -- true)",
+        "us",
+        samples["nspool exec"],
+        base.name,
+        extra={"vs_nsenter": samples_ratio(samples["nspool exec"], samples["nsenter"])},
+    )
     vs_exec = {"speedup_vs_ip_netns_exec": speedup(samples["ip exec"], samples["lease"])}
     return [
         base,
+        nsenter,
+        nspool_exec,
         unshare,
         Row(
             "b",
@@ -472,7 +501,7 @@ def bench_naming(pool: Pool, names: Names, sizes: Sizes, console: Console) -> li
         "pyroute2 netns.create(NAME) + netns.remove(NAME)",
         "us",
         samples["pyroute2"],
-        design="7 ms to create a named netns",
+        goal="expected: 7 ms to create a named netns",
     )
     return [
         base,

@@ -1,4 +1,4 @@
-"""The cost rows of DESIGN.md's kernel table, measured side by side in one run.
+"""The costs nspool is built on (the kernel's, and its own), measured side by side in one run.
 
     python -m bench.kernel_costs [--quick] [--out PATH]
 
@@ -232,7 +232,7 @@ def bench_create(sizes: Sizes, console: Console) -> list[Row]:
         "create+close netns: raw ctypes, throwaway thread",
         "us",
         samples["raw"],
-        design="~0.5 ms kernel CPU",
+        goal="expected: ~0.5 ms kernel CPU",
     )
     ns = Row(
         "a",
@@ -261,9 +261,9 @@ def bench_create(sizes: Sizes, console: Console) -> list[Row]:
     finally:
         os.close(home_fd)
     rows = [raw, ns]
-    for what, rates, design in (
+    for what, rates, goal in (
         ("loop", loop, ""),
-        ("until freed", freed, "~1.4-1.6k/s on 2 cores"),
+        ("until freed", freed, "expected: ~1.4-1.6k/s on 2 cores"),
     ):
         if not rates[1]:
             continue
@@ -280,7 +280,7 @@ def bench_create(sizes: Sizes, console: Console) -> list[Row]:
             "ops/s",
             rates[2],
             baseline=one.name,
-            design=design,
+            goal=goal,
             extra={"per_thread": sizes.rate_ops, "drain_s": drains[2]},
         )
         rows += [one, two]
@@ -345,7 +345,7 @@ def bench_setns(sizes: Sizes, console: Console) -> list[Row]:
         "setns net + back: raw ctypes",
         "us",
         samples["raw"],
-        design="~4.4 µs (C), 5-7 µs (Python)",
+        goal="expected: ~4.4 µs (C), 5-7 µs (Python)",
     )
     rows = [base]
     for backend in _sys.available_backends():
@@ -460,7 +460,7 @@ def bench_pidfd(sizes: Sizes, console: Console) -> list[Row]:
         "us",
         samples["pidfd"],
         baseline=base.name,
-        design="~2x cheaper for 3+ kinds",
+        goal="expected: ~2x cheaper for 3+ kinds",
     )
     return [base, one]
 
@@ -518,7 +518,7 @@ def bench_hop(sizes: Sizes, console: Console) -> list[Row]:
         "no-op round trip: ThreadPoolExecutor",
         "us",
         samples["executor"],
-        design="200-230 µs (run_in_executor)",
+        goal="expected: 200-230 µs (run_in_executor)",
     )
     fast = Row(
         "d",
@@ -526,7 +526,7 @@ def bench_hop(sizes: Sizes, console: Console) -> list[Row]:
         "us",
         samples["queue"],
         baseline=base.name,
-        design="185 µs (from an event loop)",
+        goal="expected: 185 µs (from an event loop)",
     )
     return [base, fast]
 
@@ -563,7 +563,7 @@ def bench_memory(sizes: Sizes, console: Console) -> list[Row]:
             f"kernel memory per live netns (MemAvailable drop / {sizes.memory_sets})",
             "KiB",
             samples,
-            design="~230 KiB",
+            goal="expected: ~230 KiB",
         )
     ]
 

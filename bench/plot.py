@@ -22,7 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from ._common import Row, show, show_ratio
+from ._common import HIGHER_IS_BETTER, Row, better_note, show, show_ratio
 
 #: A panel uses a log scale when its largest median is this many times its smallest.
 LOG_SPREAD = 20.0
@@ -33,9 +33,6 @@ BASELINE_COLOR = "#9e9e9e"
 ROW_COLOR = "#4c72b0"
 FASTER_COLOR = "#55a868"
 WORSE_COLOR = "#c44e52"
-
-#: Units where more is better; in the others (times, memory) less is better.
-HIGHER_IS_BETTER = frozenset({"ops/s"})
 
 UNIT_AXIS = {"us": "median, µs per op", "ops/s": "median, ops per second", "KiB": "median, KiB"}
 
@@ -50,9 +47,19 @@ def _color(row: Row) -> str:
     return FASTER_COLOR if row.faster else ROW_COLOR
 
 
+def _ratio_text(row: Row, rows: Sequence[Row]) -> str:
+    """The ratio beside a bar; nothing for a row that nothing is compared
+    with (calling it "baseline" would name a comparison that is not there)."""
+    if row.ratio is None and not any(other.baseline == row.name for other in rows):
+        return ""
+    return f"  ·  {show_ratio(row)}"
+
+
 def _panel(ax: Axes, rows: Sequence[Row], unit: str) -> None:
     medians = [row.median for row in rows]
-    low = [max(0.0, row.median - row.quantile(0.10)) for row in rows]
+    # Whiskers stop at zero: no time, rate or size is negative, and a noisy
+    # p10 below zero (a memory reading) must not draw one.
+    low = [max(0.0, row.median - max(0.0, row.quantile(0.10))) for row in rows]
     high = [max(0.0, row.quantile(0.90) - row.median) for row in rows]
     positions = list(range(len(rows)))
     # A rate is one sample per round: its spread says little, as in the table.
@@ -72,13 +79,17 @@ def _panel(ax: Axes, rows: Sequence[Row], unit: str) -> None:
     # Ticks in the table's own units (and no mathtext "10^n" labels).
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: show(x, unit) if x > 0 else "0"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel(UNIT_AXIS.get(unit, unit) + (" (log)" if ax.get_xscale() == "log" else ""))
+    ax.set_xlabel(
+        UNIT_AXIS.get(unit, unit)
+        + (" (log)" if ax.get_xscale() == "log" else "")
+        + f", {better_note([unit])}"
+    )
     ax.grid(axis="x", linestyle=":", linewidth=0.6)
     for pos, row in zip(positions, rows, strict=True):
         # Written past the whisker, so that the two do not cross.
         end = row.median if errors is None else max(row.median, row.quantile(0.90))
         ax.annotate(
-            f"{show(row.median, unit)}  ·  {show_ratio(row)}",
+            f"{show(row.median, unit)}{_ratio_text(row, rows)}",
             xy=(end, pos),
             xytext=(3, 0),
             textcoords="offset points",
@@ -86,6 +97,8 @@ def _panel(ax: Axes, rows: Sequence[Row], unit: str) -> None:
             fontsize=7,
         )
     ax.margins(x=0.3 if ax.get_xscale() == "linear" else 0.2)
+    if ax.get_xscale() == "linear":
+        ax.set_xlim(left=0)
 
 
 def plot_module(rows: Sequence[Row], *, title: str, path: Path, subtitle: str = "") -> Path:

@@ -265,7 +265,9 @@ def bench_rates(sizes: Sizes, workers: Workers, console: Console) -> list[Row]:
                     f"raw loop{', lo up' if lo else ''}, {t} thread{'s' if t > 1 else ''}: {what}",
                     "ops/s",
                     getattr(results[f"raw{t}{suffix}"], attr),
-                    design="~1.4-1.6k/s on 2 cores" if (t, attr, lo) == (2, "freed", False) else "",
+                    goal="expected: ~1.4-1.6k/s on 2 cores"
+                    if (t, attr, lo) == (2, "freed", False)
+                    else "",
                     extra={"requests": sizes.rate_requests},
                 )
                 for t in (1, 2)
@@ -304,7 +306,7 @@ def bench_rates(sizes: Sizes, workers: Workers, console: Console) -> list[Row]:
                 "ops/s",
                 samples,
                 baseline=ceiling.name,
-                design="goal >= 0.8x" if attr == "loop" else "",
+                goal="goal >= 0.8x" if attr == "loop" else "",
                 extra=extra,
             )
         rows += by_key.values()
@@ -354,7 +356,7 @@ def bench_latency(sizes: Sizes, workers: Workers, console: Console) -> list[Row]
         f"get() on the spot (warm=0), {demand:.0f}/s",
         "us",
         samples["cold"],
-        design="~0.5 ms kernel CPU",
+        goal="expected: ~0.5 ms kernel CPU",
         extra={"misses": cold_stats.misses, "hits": cold_stats.hits},
     )
     fast = Row(
@@ -363,7 +365,7 @@ def bench_latency(sizes: Sizes, workers: Workers, console: Console) -> list[Row]
         "us",
         samples["warm"],
         baseline=base.name,
-        design="goal: p99 < 0.1 ms",
+        goal="goal: p99 < 0.1 ms",
         extra={"misses": warm_stats.misses, "hits": warm_stats.hits},
     )
     fast.extra["p99_ratio"] = fast.quantile(0.99) / base.quantile(0.99)
@@ -448,9 +450,9 @@ def bench_burst(sizes: Sizes, workers: Workers, console: Console) -> list[Row]:
     settle(sizes.settle_max)
     rows: list[Row] = []
     ms = f"{TRICKLE:,.0f}/s"
-    for label, attr, design in (
+    for label, attr, goal in (
         ("back to warm", "back_to_warm", ""),
-        ("worst creation after it", "worst_create", "stall up to ~150 ms"),
+        ("worst creation after it", "worst_create", "expected: stall up to ~150 ms"),
         (f"worst get(), next {sizes.window:g} s", "worst_get", ""),
     ):
         at_once, trickle = results["at once"], results["trickle"]
@@ -459,7 +461,7 @@ def bench_burst(sizes: Sizes, workers: Workers, console: Console) -> list[Row]:
             f"burst {sizes.burst}, close at once: {label}",
             "us",
             getattr(at_once, attr),
-            design=design,
+            goal=goal,
             extra={"misses": at_once.misses, "take_us": at_once.take, "p99_get": at_once.p99_get},
         )
         rows.append(base)

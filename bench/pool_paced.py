@@ -194,7 +194,7 @@ def _leases(sizes: Sizes, console: Console) -> list[Row]:
             "ops/s",
             pooled,
             baseline=base.name,
-            design="goal >= 0.8x",
+            goal="goal >= 0.8x",
             extra={"misses": misses},
         ),
     ]

@@ -28,10 +28,12 @@ import platform
 import tempfile
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+# rich is imported where it draws: ``nspool exec`` starts a command without it.
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
 
 from . import _sys
 from .kinds import SETNS_ORDER, Kind
@@ -194,12 +196,16 @@ def _check_persist(kind: Kind, target: NamespaceSet) -> str:
 
 
 def _cell(value: str) -> Text:
+    from rich.text import Text
+
     style = "green" if value == YES else "red"
     return Text(value, style=style)
 
 
 def render(report: DoctorReport, console: Console) -> None:
     """Print ``report``: a summary line, then a table of kinds."""
+    from rich.table import Table
+
     console.print(
         f"kernel {report.kernel}  ·  Python {report.python}  ·  syscalls: {report.backend}"
         f"  ·  root: {'yes' if report.root else 'no'}  ·  pidfd_open: {report.pidfd_open}",
@@ -303,11 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     from . import _exec
 
     _exec.add_arguments(exec_parser)
-    exec_parser.set_defaults(handler=exec_command)
+    exec_parser.set_defaults(handler=exec_command, quiet=True)
     return parser
 
 
-def exec_command(args: argparse.Namespace, console: Console) -> int:
+def exec_command(args: argparse.Namespace, console: Console | None) -> int:
     """``nspool exec``: see :mod:`nspool._exec`."""
     from . import _exec
 
@@ -338,6 +344,8 @@ def bench(args: argparse.Namespace, console: Console) -> int:
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=PIPE_WIDTH)
@@ -352,8 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return _exit_code(exc.code)
-    handler: Callable[[argparse.Namespace, Console], int] = args.handler
-    return handler(args, _console())
+    handler: Callable[[argparse.Namespace, Console | None], int] = args.handler
+    # A subcommand that prints no tables (exec) is started without rich.
+    return handler(args, None if getattr(args, "quiet", False) else _console())
 
 
 def _exit_code(code: str | int | None) -> int:

@@ -51,7 +51,8 @@ ROW_KEYS = {
     "baseline",
     "ratio",
     "speedup",
-    "design",
+    "goal",
+    "met",
 }
 
 
@@ -106,6 +107,10 @@ def test_bench_quick_baselines(
 
     assert "goal >= 20x faster" in out
     assert "x faster" in out
+    assert "met?" in out
+    assert "lower is better" in out
+    assert "DESIGN" not in out
+    assert "shared" not in out
 
     suite = json.loads((results / "suite.json").read_text())
     assert suite["meta"]["modules"] == ["baselines"]
@@ -122,7 +127,8 @@ def test_bench_quick_baselines(
     assert len(by_name) == len(rows), "row names must be unique (ratios look them up)"
     goal = by_name["await pool.run(noop), fresh netns per call"]
     assert goal["baseline"] == "pyroute2 NetNS(new name) + get_links() + remove()"
-    assert goal["design"] == "goal >= 20x faster"
+    assert goal["goal"] == "goal >= 20x faster"
+    assert goal["met"] in (True, False)
     assert goal["speedup"] == pytest.approx(1 / goal["ratio"])
     assert goal["misses"] + goal["hits"] == goal["n"] + TINY.warmup
     assert by_name["subprocess.run(ip netns exec NAME true)"]["ratio"] is None
@@ -218,6 +224,79 @@ def test_a_failing_module_is_reported(
     suite = json.loads((results / "suite.json").read_text())
     assert suite["meta"]["failed"] == {"baselines": "RuntimeError: made to fail"}
     assert suite["modules"] == {}
+
+
+def test_goals_are_checked_and_missed_ones_flagged() -> None:
+    """A "goal" is checked against the run: the speed-up, the ratio or the
+    p99; a reference figure ("expected: ...") is not; the table says which
+    way is better and flags a miss with NO."""
+    base = Row("a", "base", "us", [1000.0])
+    fast = Row("a", "fast", "us", [40.0], base.name, goal="goal >= 20x faster", faster=True)
+    slow = Row("a", "slow", "us", [100.0], base.name, goal="goal >= 20x faster", faster=True)
+    ratio = Row("a", "ratio", "us", [900.0], base.name, goal="goal <= 0.85x")
+    p99 = Row("b", "tail", "us", [50.0, 60.0, 200.0], goal="goal: p99 < 0.1 ms")
+    ref = Row("b", "ref", "us", [50.0], goal="expected: ~0.5 ms kernel CPU")
+    rate = Row("c", "rate", "ops/s", [100.0])
+    rows = [base, fast, slow, ratio, p99, ref, rate]
+    fill_ratios(rows)
+    assert (fast.met, slow.met, ratio.met, p99.met, ref.met, base.met) == (
+        True,
+        False,
+        False,
+        False,
+        None,
+        None,
+    )
+    assert fast.as_json()["met"] is True
+    assert bench._common.show_met(slow.met) == "NO"
+    assert bench._common.better_note(["us", "KiB"]) == "lower is better"
+    assert bench._common.better_note(["ops/s"]) == "higher is better"
+    assert "higher is better" in bench._common.better_note(["us", "ops/s"])
+
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    meta = {"kernel": "k", "python": "p", "cpus": 2, "backends": ["ctypes"], "quick": True}
+    bench._common.render(rows, {**meta, "seconds": 1.0}, console, title="t")
+    text = console.export_text()
+    assert "met?" in text
+    assert "DESIGN" not in text
+    assert "lower is better" in text
+    assert "higher is better" in text
+    assert sum(line.rstrip(" │").endswith("NO") for line in text.splitlines()) == 3
+
+
+def test_ratio_near_one_reads_sensibly() -> None:
+    """A ratio near 1 of a "faster" row reads "same", a bit above it
+    "slower", a bit below it "faster" with two decimals, never 1.0x faster."""
+    base = Row("a", "base", "us", [1000.0])
+    rows = [base] + [
+        Row("a", f"r{v}", "us", [v], base.name, faster=True) for v in (990.0, 1000.0, 1010.0)
+    ]
+    fill_ratios(rows)
+    assert [show_ratio(r) for r in rows[1:]] == [
+        "0.99x = 1.01x faster",
+        "1.00x = same",
+        "1.01x = 1.01x slower",
+    ]
+
+
+@pytest.mark.usefixtures("matplotlib_fonts_closed")
+def test_panel_of_a_lone_row_has_no_baseline_nor_negative_whisker() -> None:
+    """A memory row with a noisy p10 below zero: its whisker stops at 0, the
+    axis starts there, and its label names no baseline."""
+    from matplotlib.figure import Figure
+
+    from bench import plot
+
+    memory = Row("e", "memory", "KiB", [-40.0, 200.0, 230.0, 240.0, 250.0])
+    fig = Figure()
+    ax = fig.subplots()
+    plot._panel(ax, [memory], "KiB")
+    assert ax.get_xlim()[0] == 0
+    labels = [child.get_text() for child in ax.texts]
+    assert labels == ["230 KiB"]
+    assert "better" in ax.get_xlabel()
 
 
 def test_names_left_over_are_removed() -> None:

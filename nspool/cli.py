@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="A small daemon: requests arrive at a steady rate, and each binds the "
         "same port on 127.0.0.1 in its own fresh network namespace from a warm pool and "
         "talks to itself. Prints latency percentiles (from each request's scheduled "
-        "arrival) and requests/s against creating a netns per request.",
+        "arrival) and requests/s against creating a netns per request (unshare in the "
+        "request) and against `ip netns add` + `ip netns del` around each request (at most "
+        "a few hundred requests; skipped without the `ip` command).",
     )
     demo_parser.add_argument(
         "--requests", type=int, default=2000, help="paced requests per variant (default 2000)"

@@ -135,3 +135,16 @@ def test_usage_errors_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
     assert cli.main(["--help"]) == 0
     assert "doctor" in capsys.readouterr().out
+
+
+def test_demo_and_exec_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """``demo --help`` names the ``ip netns`` variant it runs; ``exec --help``
+    lists its namespace options; neither names a file not in the repository."""
+    assert cli.main(["demo", "--help"]) == 0
+    demo_help = " ".join(capsys.readouterr().out.split())
+    assert "`ip netns add` + `ip netns del`" in demo_help
+    assert cli.main(["exec", "--help"]) == 0
+    exec_help = capsys.readouterr().out
+    for option in ("--net", "--uts", "--ipc", "--mnt", "--pid", "--all", "--fresh"):
+        assert option in exec_help
+    assert "DESIGN" not in demo_help + exec_help

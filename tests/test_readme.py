@@ -1,5 +1,7 @@
 """Every ```python block of README.md runs as written, as root, and leaves
-no ``ip netns`` name behind."""
+no ``ip netns`` name behind: a script with ``python``, a block of
+``test_`` functions (the pytest plugin's) with ``pytest``, every test
+passing."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+TESTS = re.compile(r"^(?:async )?def (test_\w+)", re.M)
 #: Seconds one example may take (the pool ones wait for 16 netns).
 TIMEOUT = 60
 
@@ -35,17 +38,26 @@ def test_readme_has_the_examples() -> None:
 
 
 @pytest.mark.parametrize("source", BLOCKS, ids=[f"example{i + 1}" for i in range(len(BLOCKS))])
-def test_example_runs(source: str, syscall_backend: str) -> None:
+def test_example_runs(source: str, syscall_backend: str, tmp_path: Path) -> None:
     if syscall_backend != "ctypes":
         pytest.skip("a subprocess: the syscall backend of this process does not matter")
     before = netns_names()
+    tests = TESTS.findall(source)
+    if tests:
+        (tmp_path / "test_example.py").write_text(source)
+        (tmp_path / "pytest.ini").write_text(
+            "[pytest]\nfilterwarnings = error\nasyncio_default_fixture_loop_scope = function\n"
+        )
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "--strict-markers"]
+    else:
+        argv = [sys.executable, "-X", "dev", "-W", "error", "-c", source]
     done = subprocess.run(
-        [sys.executable, "-X", "dev", "-W", "error", "-c", source],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
+        argv, capture_output=True, text=True, timeout=TIMEOUT, check=False, cwd=tmp_path
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     assert done.stdout, "an example prints what it shows"
-    assert netns_names() == before, "the example left an ip netns name"
+    for name in tests:
+        assert re.search(rf"::{name}\S* PASSED", done.stdout), f"{name} did not pass"
+    # Only the names the example uses: other test runs may name their own meanwhile.
+    left = [n for n in set(netns_names()) - set(before) if f'"{n}"' in source]
+    assert not left, f"the example left ip netns names: {left}"

@@ -12,7 +12,10 @@ started by :meth:`NamespaceSet.open_process`, which joins those itself.
 The command inherits stdin, stdout and stderr, and nothing else: every fd
 nspool holds is close-on-exec and ``subprocess`` closes the rest. Signals
 sent to ``nspool exec`` (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
-SIGWINCH) are passed on to the command. The exit status is the command's,
+SIGWINCH) are passed on to the command, but for one a terminal sends to
+its whole foreground process group (Ctrl-C's SIGINT, SIGQUIT, SIGWINCH) when
+nspool is in that group's foreground: the command, in the same group, has
+it already. The exit status is the command's,
 or ``128 + N`` if a signal ``N`` killed it, as a shell reports it; 125 if
 nspool could not set the namespaces up, 127 if the command was not found,
 126 if it could not be run.
@@ -158,8 +161,28 @@ def _wait(popen: subprocess.Popen[bytes]) -> int:
             continue
 
 
+#: Signals a terminal sends to its whole foreground process group.
+TERMINAL_SIGNALS = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH})
+
+
+def _terminal_delivers(signum: int) -> bool:
+    """Whether ``signum`` is one a terminal sends to our process group (the
+    command's) because we are its foreground: the command has it already,
+    and passing it on would deliver it twice (Ctrl-C)."""
+    if signum not in TERMINAL_SIGNALS:
+        return False
+    for fd in (0, 1, 2):
+        try:
+            return os.tcgetpgrp(fd) == os.getpgrp()
+        except OSError:
+            continue
+    return False
+
+
 def _send(popen: subprocess.Popen[bytes]) -> Callable[[int], None]:
     def send(signum: int) -> None:
+        if _terminal_delivers(signum):
+            return
         with contextlib.suppress(ProcessLookupError):
             popen.send_signal(signum)
 
@@ -186,7 +209,12 @@ def _run_async(
         async with await s.open_process(
             list(command), stdin=None, stdout=None, stderr=None
         ) as process:
-            attach(process.send_signal)
+
+            def send(signum: int) -> None:
+                if not _terminal_delivers(signum):
+                    process.send_signal(signum)
+
+            attach(send)
             return await process.wait()
 
     return status_of(anyio.run(main))

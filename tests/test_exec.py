@@ -151,3 +151,23 @@ def test_fresh_namespaces() -> None:
     assert os.uname().nodename != "inside"
     assert link != netns_link()
     assert [line.split()[0] for line in links] == ["lo"]
+
+
+def test_a_fresh_user_namespace() -> None:
+    """A set with a user namespace: the command is started by open_process,
+    which joins it itself; exit status and signals as with any other."""
+    done = nspool_exec("--fresh", "user,net", "--", "sh", "-c", "readlink /proc/self/ns/user")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() != os.readlink("/proc/self/ns/user")
+    killed = nspool_exec("--fresh", "user,net", "--", "sh", "-c", "kill -TERM $$")
+    assert killed.returncode == 128 + signal.SIGTERM
+
+
+def test_terminal_signals_are_not_sent_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the foreground of a terminal, Ctrl-C's SIGINT has reached the
+    command already (same process group): not passed on again. SIGTERM is."""
+    monkeypatch.setattr(os, "tcgetpgrp", lambda fd: os.getpgrp())
+    assert _exec._terminal_delivers(signal.SIGINT)
+    assert not _exec._terminal_delivers(signal.SIGTERM)
+    monkeypatch.setattr(os, "tcgetpgrp", lambda fd: os.getpgrp() + 1)
+    assert not _exec._terminal_delivers(signal.SIGINT)

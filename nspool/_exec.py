@@ -18,7 +18,8 @@ nspool is in that group's foreground: the command, in the same group, has
 it already. The exit status is the command's,
 or ``128 + N`` if a signal ``N`` killed it, as a shell reports it; 125 if
 nspool could not set the namespaces up, 127 if the command was not found,
-126 if it could not be run.
+126 if it could not be run. It starts in our working directory (in another
+mount namespace: that path there, or its root if there is none).
 """
 
 from __future__ import annotations
@@ -189,13 +190,22 @@ def _send(popen: subprocess.Popen[bytes]) -> Callable[[int], None]:
     return send
 
 
+def _cwd_in(s: NamespaceSet) -> str:
+    """Our working directory, where the command starts: in another mount
+    namespace, that path if it is a directory there, else its root."""
+    cwd = os.getcwd()
+    if Kind.MNT in s.kinds and not s.run_sync(os.path.isdir, cwd):
+        return "/"
+    return cwd
+
+
 def run(s: NamespaceSet, command: Sequence[str]) -> int:
     """Run ``command`` inside ``s`` with this process's stdio and return the
     exit status a shell would report; signals are passed on meanwhile."""
     with _forwarding(lambda _sig: None) as attach:
         if s.kinds & (Kind.USER | Kind.TIME):
             return _run_async(s, command, attach)
-        popen = s.run_sync(subprocess.Popen, list(command), close_fds=True)
+        popen = s.run_sync(subprocess.Popen, list(command), close_fds=True, cwd=_cwd_in(s))
         attach(_send(popen))
         return status_of(_wait(popen))
 
@@ -207,7 +217,12 @@ def _run_async(
 
     async def main() -> int:
         async with await s.open_process(
-            list(command), stdin=None, stdout=None, stderr=None
+            # Looked up once joined (user namespaces cannot be entered by a worker).
+            list(command),
+            stdin=None,
+            stdout=None,
+            stderr=None,
+            cwd=os.getcwd(),
         ) as process:
 
             def send(signum: int) -> None:

@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from nspool import _exec
+from nspool import Kind, NamespaceSet, _exec
 
 from .conftest import ip, unique_name
 
@@ -171,3 +172,19 @@ def test_terminal_signals_are_not_sent_twice(monkeypatch: pytest.MonkeyPatch) ->
     assert not _exec._terminal_delivers(signal.SIGTERM)
     monkeypatch.setattr(os, "tcgetpgrp", lambda fd: os.getpgrp() + 1)
     assert not _exec._terminal_delivers(signal.SIGINT)
+
+
+@pytest.mark.usefixtures("fresh_default")  # s.run_sync starts the default workers
+def test_starts_in_our_working_directory(tmp_path: Path) -> None:
+    """In our cwd, also in a fresh mount namespace (a copy of ours); in one
+    where the path does not exist, at its root."""
+    for fresh in ("net", "mnt", "user,mnt"):
+        done = nspool_exec("--fresh", fresh, "--", "pwd", cwd=tmp_path)
+        assert (done.returncode, done.stdout) == (0, f"{tmp_path}\n"), done.stderr
+    with NamespaceSet.unshare(Kind.MNT) as s:
+        s.run_sync(subprocess.run, ["mount", "-t", "tmpfs", "none", str(tmp_path)], check=True)
+        target = f"/proc/{os.getpid()}/fd/{s.fds('mnt')[Kind.MNT]}"
+        inner = tmp_path / "inner"
+        inner.mkdir()
+        done = nspool_exec("--mnt", target, "--", "pwd", cwd=inner)
+    assert (done.returncode, done.stdout) == (0, "/\n"), done.stderr

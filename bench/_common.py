@@ -136,8 +136,9 @@ HIGHER_IS_BETTER = frozenset({"ops/s"})
 
 def better_note(units: Sequence[str]) -> str:
     """Which way is better, for a table or plot of rows in ``units``."""
-    lower = [u for u in dict.fromkeys(units) if u not in HIGHER_IS_BETTER]
-    higher = [u for u in dict.fromkeys(units) if u in HIGHER_IS_BETTER]
+    shown = {"us": "µs"}
+    lower = [shown.get(u, u) for u in dict.fromkeys(units) if u not in HIGHER_IS_BETTER]
+    higher = [shown.get(u, u) for u in dict.fromkeys(units) if u in HIGHER_IS_BETTER]
     if not higher:
         return "lower is better"
     if not lower:
@@ -267,9 +268,11 @@ def render(rows: Sequence[Row], meta: dict[str, Any], console: Console, *, title
     table.add_column("goal")
     table.add_column("met?")
     previous = ""
+    referenced = {row.baseline for row in rows}
     for row in rows:
         group, previous = ("" if row.group == previous else row.group), row.group
-        ratio = show_ratio(row)
+        # A row nothing is compared with is no baseline: no ratio at all.
+        ratio = show_ratio(row) if row.ratio is not None or row.name in referenced else "-"
         # A rate is one sample per round, not per op: its quantiles mean little.
         rate = row.unit == "ops/s"
         p90 = "-" if rate else show(row.quantile(0.9), row.unit)

@@ -264,6 +264,10 @@ def test_goals_are_checked_and_missed_ones_flagged() -> None:
     assert "lower is better" in text
     assert "higher is better" in text
     assert sum(line.rstrip(" │").endswith("NO") for line in text.splitlines()) == 3
+    rate_line = next(line for line in text.splitlines() if "│ rate" in line)
+    assert "baseline" not in rate_line  # compared with nothing
+    assert "µs, " not in bench._common.better_note(["ops/s"])
+    assert bench._common.better_note(["us", "ops/s"]).startswith("µs: lower is better")
 
 
 def test_ratio_near_one_reads_sensibly() -> None:

@@ -1,7 +1,7 @@
 """The kernel rules nspool is built on, checked against the running kernel.
 
-Each test here is one behavioural row of the table "Kernel rules the code is
-built on" in DESIGN.md (the rows that state costs are benchmarks, in
+Each test here is one rule of "What you must know about the kernel" in
+README.md (what the rules cost is measured by the benchmarks, in
 ``bench/``). Every test makes real ``unshare``/``setns`` calls and real
 processes, so a kernel (or a Python) that behaves otherwise fails here first,
 before the code built on the rule misbehaves. Anything that moves a thread

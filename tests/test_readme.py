@@ -61,3 +61,24 @@ def test_example_runs(source: str, syscall_backend: str, tmp_path: Path) -> None
     # Only the names the example uses: other test runs may name their own meanwhile.
     left = [n for n in set(netns_names()) - set(before) if f'"{n}"' in source]
     assert not left, f"the example left ip netns names: {left}"
+
+
+def test_no_file_points_outside_the_repository() -> None:
+    """No tracked file names a design document or a directory that is not
+    in the repository (the strings are built so that this file does not)."""
+    root = README.parent
+    gone = ("DESIGN" + ".md", "../" + "shared")
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(
+        ["git", "ls-files"], capture_output=True, text=True, check=True, cwd=root
+    ).stdout.split()
+    assert "README.md" in tracked
+    offenders = []
+    for name in tracked:
+        try:
+            text = (root / name).read_text()
+        except (UnicodeDecodeError, FileNotFoundError):
+            continue
+        offenders += [f"{name}: {word}" for word in gone if word in text]
+    assert not offenders

@@ -28,11 +28,12 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import KindMismatchError, NamespaceError, from_errno
+from .errors import KindMismatchError, NamespaceError, NotANamespaceError, from_errno
 from .kinds import Kind
 
 __all__ = [
@@ -68,6 +69,8 @@ MS_BIND = 0x1000
 MS_PRIVATE = 1 << 18
 MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
+#: umount2: do not follow a symlink at the target (<sys/mount.h>).
+UMOUNT_NOFOLLOW = 0x8
 CLONE_FS = 0x00000200
 # <linux/pidfd.h>: a pidfd for one thread rather than a thread group (6.9+).
 PIDFD_THREAD = os.O_EXCL
@@ -469,3 +472,54 @@ def may_return(fd: int) -> bool:
 #: namespace, where paths such as ``/proc/thread-self`` no longer describe a
 #: worker; the library's own reads inside sets go through this fd instead.
 HOST_PROC = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def open_ns_nonblocking(
+    path: str, kind: Kind | None, *, dir_fd: int | None = None, pid: int | None = None
+) -> tuple[int, Kind]:
+    """Like :func:`open_ns`, but the open never blocks: ``O_NONBLOCK``, so a
+    FIFO (whose blocking open waits for a writer) or a device is opened at
+    once and then refused with :class:`NotANamespaceError`. ``kind`` None
+    takes whatever kind the file is. Returns the fd and its kind; on any
+    failure nothing stays open."""
+    shown = path if dir_fd is None else f"{_fd_path(dir_fd)}/{path}"
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    try:
+        fd = _retry(lambda: os.open(path, flags, dir_fd=dir_fd))
+    except OSError as exc:
+        raise from_errno(
+            exc.errno or errno.EIO, syscall="open", kind=kind, path=shown, pid=pid
+        ) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a FIFO" if stat.S_ISFIFO(mode) else f"file type {stat.S_IFMT(mode):#o}"
+            raise NotANamespaceError(
+                errno.ENOTTY,
+                syscall="open",
+                kind=kind,
+                path=shown,
+                pid=pid,
+                detail=f"{what}, not a namespace file",
+            )
+        actual = nstype(fd, path=shown)
+        if kind is not None and actual != kind:
+            raise KindMismatchError(
+                errno.EINVAL,
+                syscall="open",
+                kind=kind,
+                path=shown,
+                pid=pid,
+                detail=f"is a {actual} namespace, not {kind}",
+            )
+    except NamespaceError as exc:
+        os.close(fd)
+        if exc.pid is None and pid is not None:
+            exc.pid = pid
+        if exc.kind is None and kind is not None:
+            exc.kind = str(kind)
+        raise
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, actual

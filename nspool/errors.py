@@ -21,13 +21,18 @@ import errno as _errno
 import os
 
 __all__ = [
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "InvalidNetnsNameError",
     "KindError",
     "KindMismatchError",
+    "KindTypeError",
     "NamespaceError",
     "NamespaceExistsError",
     "NamespaceNotFoundError",
     "NamespacePermissionError",
     "NotANamespaceError",
+    "PidNamespaceEndedError",
     "PoolClosedError",
     "ProcessNotFoundError",
     "SetClosedError",
@@ -150,6 +155,33 @@ class SetClosedError(NamespaceError):
 class PoolClosedError(NamespaceError, RuntimeError):
     """A ``Pool`` was used after ``close()`` (errno ``EBADF``). Also a
     ``RuntimeError``, which the pool raised for this before."""
+
+
+class InvalidArgumentError(NamespaceError, ValueError):
+    """An argument has a value nspool refuses (errno ``EINVAL``), checked
+    before anything is opened, created or mounted."""
+
+
+class InvalidArgumentTypeError(NamespaceError, TypeError):
+    """An argument has a type nspool refuses (errno ``EINVAL``), e.g. a
+    string where a bool is needed; checked before anything is made."""
+
+
+class KindTypeError(KindError, TypeError):
+    """A kind argument is of a type that names no kind (``None``, a float).
+    Also a :class:`KindError` and a ``TypeError``."""
+
+
+class InvalidNetnsNameError(InvalidArgumentError, NamespaceNotFoundError):
+    """An ``ip netns`` name that cannot be one: empty, ``.``/``..``, with a
+    ``/`` or NUL, or longer than ``NAME_MAX``. Also a
+    :class:`NamespaceNotFoundError`, which nspool raised for it before."""
+
+
+class PidNamespaceEndedError(NamespaceError):
+    """The set's pid namespace has ended: its init (PID 1) exited or was
+    killed, so the kernel refuses every new process there (``fork`` fails
+    with ``ENOMEM``). The set can still be closed; make a new one."""
 
 
 _BY_ERRNO: dict[int, type[NamespaceError]] = {

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import os
 import socket as _socket
+import stat
 import subprocess
 import threading
 import warnings
@@ -41,9 +42,14 @@ from . import _sys
 from ._options import PROC_FLAGS, SetOptions, UnshareOptions
 from ._userns import REAP_SOURCE, make_in_helper
 from .errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidNetnsNameError,
     KindError,
     NamespaceError,
+    NamespaceExistsError,
     NamespaceNotFoundError,
+    NotANamespaceError,
     ProcessNotFoundError,
     SetClosedError,
     UnsupportedKindError,
@@ -358,16 +364,86 @@ def _close_fds(fds: Iterable[int]) -> None:
             os.close(fd)
 
 
-def _validate_name(name: str) -> str:
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise NamespaceNotFoundError(
+#: The longest file name, so the longest ``ip netns`` name (``NAME_MAX``).
+NETNS_NAME_MAX = 255
+
+
+def _validate_name(name: object) -> str:
+    """``name`` if it can be an ``ip netns`` name, checked before any file
+    is touched; else :class:`InvalidNetnsNameError` (a ``ValueError``)."""
+    if not isinstance(name, str):
+        raise InvalidArgumentTypeError(
             errno.EINVAL,
             syscall="ip netns",
             kind=Kind.NET,
-            path=name,
-            detail="not a valid netns name (empty, '.', '..' or contains '/')",
+            detail=f"a netns name is a str, not {type(name).__name__}",
+        )
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\0" in name
+        or len(os.fsencode(name)) > NETNS_NAME_MAX
+    ):
+        raise InvalidNetnsNameError(
+            errno.EINVAL,
+            syscall="ip netns",
+            kind=Kind.NET,
+            path=name if "\0" not in name else repr(name),
+            detail="not a valid netns name (empty, '.', '..', contains '/' or NUL, "
+            f"or longer than {NETNS_NAME_MAX} bytes)",
         )
     return name
+
+
+def _fs_path(path: object, *, what: str, kind: object = None) -> str:
+    """``path`` (str, bytes or ``os.PathLike``) as a str, decoded as
+    ``os.fsdecode`` does; :class:`InvalidArgumentTypeError` for anything
+    else and :class:`InvalidArgumentError` for an empty path or a NUL."""
+    try:
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(type(path).__name__)
+        text = os.fsdecode(path)
+    except TypeError:
+        raise InvalidArgumentTypeError(
+            errno.EINVAL,
+            syscall=what,
+            kind=kind,
+            detail=f"a path is a str, bytes or os.PathLike, not {type(path).__name__}",
+        ) from None
+    if not text or "\0" in text:
+        raise InvalidArgumentError(
+            errno.EINVAL,
+            syscall=what,
+            kind=kind,
+            path=repr(text),
+            detail="a path must be non-empty and contain no NUL",
+        )
+    return text
+
+
+def _dup_fds(fds: Mapping[Kind, int]) -> dict[Kind, int]:
+    """A close-on-exec copy of every fd in ``fds``, or none: if one ``dup``
+    fails (``EMFILE``), the copies made so far are closed and a
+    :class:`NamespaceError` naming the kind is raised."""
+    copies: dict[Kind, int] = {}
+    try:
+        for kind, fd in fds.items():
+            try:
+                copies[kind] = os.dup(fd)  # close-on-exec, as Python's dup is
+            except OSError as exc:
+                raise from_errno(
+                    exc.errno or errno.EIO,
+                    syscall="dup",
+                    kind=kind,
+                    detail="too many open files: raise RLIMIT_NOFILE or close fds"
+                    if exc.errno == errno.EMFILE
+                    else None,
+                ) from exc
+    except BaseException:
+        _close_fds(copies.values())
+        raise
+    return copies
 
 
 class _UnshareMethod(Protocol):
@@ -502,14 +578,7 @@ class NamespaceSet:
         )
         with borrowed as base_fds:
             # What the new set shares with the base: its own copies of those fds.
-            shared: dict[Kind, int] = {}
-            try:
-                for kind, fd in base_fds.items():
-                    if not kind & kinds:
-                        shared[kind] = os.dup(fd)
-            except OSError as exc:
-                _close_fds(shared.values())
-                raise from_errno(exc.errno or errno.EIO, syscall="dup", kind=kinds) from exc
+            shared = _dup_fds({k: fd for k, fd in base_fds.items() if not k & kinds})
             base_init = base._init if base is not None and Kind.PID in shared else None
 
             # A thread of a threaded process can neither create nor join a
@@ -625,14 +694,10 @@ class NamespaceSet:
         the file. :class:`KindMismatchError` if the file is a namespace of
         another kind, :class:`NotANamespaceError` if it is no namespace.
         """
-        path = os.fspath(path)
+        path = _fs_path(path, what="from_path")
         if kind is None:
-            fd = _open_any_ns(path)
-            try:
-                return cls({_sys.nstype(fd, path=path): fd})
-            except BaseException:
-                os.close(fd)
-                raise
+            fd, actual = _sys.open_ns_nonblocking(path, None)
+            return cls({actual: fd})
         try:
             single = Kind.require(kind, what="from_path")
         except KindError as exc:
@@ -646,14 +711,14 @@ class NamespaceSet:
                 path=path,
                 detail="a namespace file has exactly one kind",
             )
-        return cls({single: _sys.open_ns(path, single)})
+        return cls({single: _sys.open_ns_nonblocking(path, single)[0]})
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike[str], kinds: KindsArg) -> NamespaceSet:
         """The namespaces of ``kinds`` in a directory laid out like
         ``/proc/PID/ns`` (one file per kind, named as in ``/proc``), such as
         one written by :meth:`mount`."""
-        directory = os.fspath(directory)
+        directory = _fs_path(directory, what="from_dir")
         kinds = Kind.require(kinds, what="from_dir")
         try:
             dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -672,7 +737,7 @@ class NamespaceSet:
     def from_name(cls, name: str) -> NamespaceSet:
         """The network namespace that ``ip netns`` calls ``name``."""
         path = os.path.join(NETNS_RUN_DIR, _validate_name(name))
-        return cls({Kind.NET: _sys.open_ns(path, Kind.NET)})
+        return cls({Kind.NET: _sys.open_ns_nonblocking(path, Kind.NET)[0]})
 
     @classmethod
     def _open_each(
@@ -689,7 +754,7 @@ class NamespaceSet:
             for kind in kinds.singles():
                 name = name_of(kind)
                 path = name if dir_fd is not None else os.path.join(directory, name)
-                fds[kind] = _sys.open_ns(path, kind, dir_fd=dir_fd, pid=pid)
+                fds[kind] = _sys.open_ns_nonblocking(path, kind, dir_fd=dir_fd, pid=pid)[0]
         except BaseException as exc:
             _close_fds(fds.values())
             if isinstance(exc, NamespaceError) and dir_fd is not None:
@@ -748,13 +813,7 @@ class NamespaceSet:
         (default: all). Closing either set leaves the other usable."""
         wanted = None if kinds is None else Kind.require(kinds, what="dup")
         with self._borrow(wanted) as fds:
-            copies: dict[Kind, int] = {}
-            try:
-                for kind, fd in fds.items():
-                    copies[kind] = os.dup(fd)  # close-on-exec, as Python's dup is
-            except OSError as exc:
-                _close_fds(copies.values())
-                raise from_errno(exc.errno or errno.EIO, syscall="dup") from exc
+            copies = _dup_fds(fds)
             init = self._init.acquire() if self._init and Kind.PID in copies else None
             return type(self)(copies, init=init)
 
@@ -971,7 +1030,7 @@ class NamespaceSet:
                     detail=f"the set holds no network namespace ({self._kinds})",
                 )
             _prepare_netns_dir(NETNS_RUN_DIR)
-            _bind_ns(fds[Kind.NET], Kind.NET, path)
+            _bind_ns(fds[Kind.NET], Kind.NET, path, exclusive=True)
         return path
 
     @staticmethod
@@ -990,22 +1049,23 @@ class NamespaceSet:
         than itself (the kernel refuses loops with ``EINVAL``).
         """
         single = Kind.require(kind, what="mount_ns")
+        path = _fs_path(path, what="mount_ns", kind=single)
         with self._borrow(single) as fds:
             if single not in fds:
                 raise KindError(
                     errno.EINVAL,
                     syscall="mount_ns",
                     kind=single,
-                    path=os.fspath(path),
+                    path=path,
                     detail=f"the set holds {self._kinds}",
                 )
-            _bind_ns(fds[single], single, os.fspath(path))
+            _bind_ns(fds[single], single, path)
 
     def mount(self, directory: str | os.PathLike[str]) -> None:
         """Bind-mount every namespace of the set in ``directory`` (created if
         missing), one file per kind named as in ``/proc/PID/ns``; read it back
         with :meth:`from_dir`, undo it with :meth:`unmount`."""
-        directory = os.fspath(directory)
+        directory = _fs_path(directory, what="mount", kind=self._kinds)
         made_dir = not os.path.isdir(directory)
         if made_dir:
             try:
@@ -1035,12 +1095,16 @@ class NamespaceSet:
         """Undo :meth:`mount_ns` (a file) or :meth:`mount` (a directory):
         lazily unmount each namespace file, remove it, and for a directory
         remove the directory."""
-        path = os.fspath(path)
-        if not os.path.isdir(path):
+        path = _fs_path(path, what="unmount")
+        if os.path.islink(path) or not os.path.isdir(path):
             _unbind_ns(path, None)
             return
-        for entry in sorted(os.listdir(path)):
-            _unbind_ns(os.path.join(path, entry), None)
+        entries = [os.path.join(path, entry) for entry in sorted(os.listdir(path))]
+        # Check all first: refuse before anything is unmounted or removed.
+        for entry in entries:
+            _check_unbindable(entry, None)
+        for entry in entries:
+            _unbind_ns(entry, None)
         try:
             os.rmdir(path)
         except OSError as exc:
@@ -1184,13 +1248,6 @@ def _make_namespaces(
     return fds, init
 
 
-def _open_any_ns(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as exc:
-        raise from_errno(exc.errno or errno.EIO, syscall="open", path=path) from exc
-
-
 def _prepare_netns_dir(directory: str) -> None:
     """Set ``directory`` up as iproute2 does: created 0755, and a shared
     mount point (bound onto itself first if it is not a mount point), so that
@@ -1208,41 +1265,133 @@ def _prepare_netns_dir(directory: str) -> None:
         _sys.mount("", directory, "none", _sys.MS_SHARED | _sys.MS_REC)
 
 
-def _bind_ns(fd: int, kind: Kind, path: str) -> None:
+def _bind_ns(fd: int, kind: Kind, path: str, *, exclusive: bool = False) -> None:
     """Bind-mount the namespace ``fd`` at ``path``, creating an empty file
-    there if none exists (and removing it again if the mount fails)."""
+    there if none exists (and removing it again if the mount fails).
+
+    The target is opened with ``O_NOFOLLOW`` and the mount made on that fd
+    (``/proc/self/fd/N``), so a symlink planted at ``path`` never makes its
+    target a mount. ``exclusive`` (``persist``): anything already at
+    ``path`` is refused with :class:`NamespaceExistsError`; otherwise only
+    an existing empty regular file is used, nothing else.
+    """
     created = False
     try:
-        created_fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
+        target = os.open(
+            path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0
+        )
+        created = True
     except FileExistsError:
-        if os.path.ismount(path):
-            raise from_errno(
-                errno.EEXIST, syscall="mount", kind=kind, path=path, detail="already mounted"
+        if exclusive:
+            raise NamespaceExistsError(
+                errno.EEXIST,
+                syscall="open",
+                kind=kind,
+                path=path,
+                detail="the name is taken (a file or symlink is there): pick another "
+                "name, or remove it if it is stale (ip netns del)",
             ) from None
+        target = _open_existing_target(path, kind)
     except OSError as exc:
         raise from_errno(exc.errno or errno.EIO, syscall="open", kind=kind, path=path) from exc
-    else:
-        os.close(created_fd)
-        created = True
     try:
-        _sys.mount(f"/proc/self/fd/{fd}", path, "none", _sys.MS_BIND, kind=kind)
+        _sys.mount(f"/proc/self/fd/{fd}", f"/proc/self/fd/{target}", "none", _sys.MS_BIND)
+    except NamespaceError as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        exc.kind, exc.path, exc.filename = str(kind), path, path
+        raise
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         raise
+    finally:
+        os.close(target)
+
+
+def _open_existing_target(path: str, kind: Kind) -> int:
+    """An ``O_PATH``-free fd of the existing mount target ``path``, which
+    must be an empty regular file, not a symlink and not already a mount."""
+    try:
+        target = os.open(
+            path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+        )
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NamespaceExistsError(
+                errno.EEXIST,
+                syscall="open",
+                kind=kind,
+                path=path,
+                detail="a symlink is there; nspool mounts only on a file it creates "
+                "or an empty regular file",
+            ) from exc
+        raise from_errno(exc.errno or errno.EIO, syscall="open", kind=kind, path=path) from exc
+    try:
+        if os.path.ismount(path):
+            raise NamespaceExistsError(
+                errno.EEXIST, syscall="mount", kind=kind, path=path, detail="already mounted"
+            )
+        st = os.fstat(target)
+        if not stat.S_ISREG(st.st_mode) or st.st_size:
+            raise NamespaceExistsError(
+                errno.EEXIST,
+                syscall="mount",
+                kind=kind,
+                path=path,
+                detail="a file that is not empty (or not a regular file) is there; "
+                "nspool mounts only on an empty file, and leaves this one in place",
+            )
+    except BaseException:
+        os.close(target)
+        raise
+    return target
+
+
+def _check_unbindable(path: str, kind: Kind | None) -> bool:
+    """Whether ``path`` is a mount point (``True``) or an empty regular file
+    (``False``), the only things :func:`_unbind_ns` removes; raises
+    :class:`NotANamespaceError` for anything else, which is left in place."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise from_errno(exc.errno or errno.EIO, syscall="umount2", kind=kind, path=path) from exc
+    if stat.S_ISLNK(st.st_mode):
+        what = "a symlink"
+    elif os.path.ismount(path):
+        return True
+    elif stat.S_ISREG(st.st_mode) and not st.st_size:
+        return False
+    else:
+        what = "a file with content" if stat.S_ISREG(st.st_mode) else "not a regular file"
+    raise NotANamespaceError(
+        errno.EINVAL,
+        syscall="umount2",
+        kind=kind,
+        path=path,
+        detail=f"not a namespace mount nspool made ({what}): left in place",
+    )
 
 
 def _unbind_ns(path: str, kind: Kind | None) -> None:
     """Lazily unmount the namespace bound at ``path`` and remove the file.
-    ``MNT_DETACH`` never fails with ``EBUSY``."""
-    if not os.path.lexists(path):
-        raise from_errno(errno.ENOENT, syscall="umount2", kind=kind, path=path)
-    try:
-        _sys.umount2(path, _sys.MNT_DETACH, kind=kind)
-    except NamespaceError as exc:
-        if exc.errno != errno.EINVAL:  # EINVAL: not mounted; still remove it
-            raise
+    ``MNT_DETACH`` never fails with ``EBUSY``. Only a mount point or an
+    empty regular file (a mount point whose mount is gone) is removed;
+    anything else raises :class:`NotANamespaceError` and stays."""
+    if _check_unbindable(path, kind):
+        try:
+            _sys.umount2(path, _sys.MNT_DETACH | _sys.UMOUNT_NOFOLLOW, kind=kind)
+        except NamespaceError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # Unmounted meanwhile: what is left is checked again.
+            _check_unbindable(path, kind)
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size:
+                return  # the mount covered a file that is not ours to remove
     try:
         os.unlink(path)
     except OSError as exc:

@@ -1,0 +1,253 @@
+"""Regression tests for faults of ``NamespaceSet`` found on the real kernel
+(input checks, files it must not touch, a pid namespace that ended)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from nspool import (
+    Kind,
+    NamespaceExistsError,
+    NamespaceNotFoundError,
+    NamespaceSet,
+    NotANamespaceError,
+    nsset,
+)
+from nspool.errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidNetnsNameError,
+)
+
+from .conftest import open_fds, unique_name
+
+TIMEOUT = 10.0
+
+
+def bounded(fn: Callable[[], object], timeout: float = TIMEOUT) -> object:
+    """``fn()`` on a daemon thread; fail (not hang) if it takes longer than
+    ``timeout``. A FIFO opened for reading blocks until a writer comes, so a
+    hung call is released by opening the FIFO for writing."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="test-bounded", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return box if not thread.is_alive() else None
+
+
+def release_fifo(path: str) -> None:
+    """Unblock a reader stuck in open(path) by opening it for writing."""
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    os.close(fd)
+
+
+# -- 8: FIFOs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["from_path", "from_path_kind", "from_dir", "from_name"])
+def test_fifo_is_refused_without_blocking(tmp_path: os.PathLike[str], how: str) -> None:
+    """A FIFO where a namespace file is expected is NotANamespaceError at
+    once, not a blocking open that waits for a writer."""
+    directory = os.fspath(tmp_path)
+    name = unique_name()
+    if how == "from_name":
+        nsset._prepare_netns_dir(nsset.NETNS_RUN_DIR)
+        fifo = os.path.join(nsset.NETNS_RUN_DIR, name)
+    else:
+        fifo = os.path.join(directory, "net")
+    os.mkfifo(fifo)
+    calls: dict[str, Callable[[], object]] = {
+        "from_path": lambda: NamespaceSet.from_path(fifo),
+        "from_path_kind": lambda: NamespaceSet.from_path(fifo, Kind.NET),
+        "from_dir": lambda: NamespaceSet.from_dir(directory, Kind.NET),
+        "from_name": lambda: NamespaceSet.from_name(name),
+    }
+    fds = open_fds()
+    try:
+        box = bounded(calls[how])
+        if box is None:
+            release_fifo(fifo)
+            pytest.fail(f"{how} blocked on a FIFO")
+        assert "result" not in box
+        error = box["error"]
+        assert isinstance(error, NotANamespaceError), error
+        assert fifo in str(error)
+        assert "FIFO" in str(error)
+    finally:
+        os.unlink(fifo)
+    assert open_fds() == fds
+
+
+# -- 9: unmount / unpersist leave ordinary files alone -----------------------------
+
+
+def test_unmount_leaves_a_file_with_content(tmp_path: os.PathLike[str]) -> None:
+    """unmount of an ordinary file (not mounted) raises and keeps it."""
+    path = os.path.join(os.fspath(tmp_path), "data")
+    with open(path, "w") as f:
+        f.write("precious")
+    with pytest.raises(NotANamespaceError, match="left in place"):
+        NamespaceSet.unmount(path)
+    with open(path) as f:
+        assert f.read() == "precious"
+
+
+def test_unmount_directory_leaves_everything_if_one_file_is_ordinary(
+    tmp_path: os.PathLike[str],
+) -> None:
+    """A directory holding a file nspool did not make: nothing is unmounted
+    or removed, and the error names that file."""
+    directory = os.path.join(os.fspath(tmp_path), "ns")
+    with NamespaceSet.unshare(Kind.NET) as s:
+        s.mount(directory)
+    data = os.path.join(directory, "zzz")
+    with open(data, "w") as f:
+        f.write("precious")
+    try:
+        with pytest.raises(NotANamespaceError, match="zzz"):
+            NamespaceSet.unmount(directory)
+        assert os.path.ismount(os.path.join(directory, "net"))
+        with open(data) as f:
+            assert f.read() == "precious"
+    finally:
+        os.unlink(data)
+        NamespaceSet.unmount(directory)
+    assert not os.path.exists(directory)
+
+
+def test_unmount_removes_an_empty_leftover_file(tmp_path: os.PathLike[str]) -> None:
+    """An empty file (a mount point whose mount is gone) is still removed."""
+    path = os.path.join(os.fspath(tmp_path), "net")
+    open(path, "w").close()
+    NamespaceSet.unmount(path)
+    assert not os.path.exists(path)
+
+
+def test_unpersist_leaves_an_ordinary_file() -> None:
+    """unpersist of a name that is an ordinary file raises and keeps it."""
+    nsset._prepare_netns_dir(nsset.NETNS_RUN_DIR)
+    name = unique_name()
+    path = os.path.join(nsset.NETNS_RUN_DIR, name)
+    with open(path, "w") as f:
+        f.write("precious")
+    try:
+        with pytest.raises(NotANamespaceError, match=name):
+            NamespaceSet.unpersist(name)
+        with open(path) as f:
+            assert f.read() == "precious"
+    finally:
+        os.unlink(path)
+
+
+# -- 10: persist over what is already there -------------------------------------------
+
+
+def test_persist_refuses_an_existing_regular_file() -> None:
+    nsset._prepare_netns_dir(nsset.NETNS_RUN_DIR)
+    name = unique_name()
+    path = os.path.join(nsset.NETNS_RUN_DIR, name)
+    with open(path, "w") as f:
+        f.write("precious")
+    try:
+        with NamespaceSet.unshare(Kind.NET) as s, pytest.raises(NamespaceExistsError):
+            s.persist(name)
+        assert not os.path.ismount(path)
+        with open(path) as f:
+            assert f.read() == "precious"
+    finally:
+        os.unlink(path)
+
+
+def test_persist_refuses_a_planted_symlink(tmp_path: os.PathLike[str]) -> None:
+    """A symlink at /run/netns/NAME never makes its target a mount."""
+    nsset._prepare_netns_dir(nsset.NETNS_RUN_DIR)
+    name = unique_name()
+    path = os.path.join(nsset.NETNS_RUN_DIR, name)
+    target = os.path.join(os.fspath(tmp_path), "target")
+    open(target, "w").close()
+    os.symlink(target, path)
+    try:
+        with NamespaceSet.unshare(Kind.NET) as s, pytest.raises(NamespaceExistsError):
+            s.persist(name)
+        assert not os.path.ismount(target)
+        with pytest.raises(NotANamespaceError, match="symlink"):
+            NamespaceSet.unpersist(name)
+        assert os.path.islink(path)
+    finally:
+        if os.path.ismount(target):
+            nsset._sys.umount2(target, nsset._sys.MNT_DETACH)
+        os.unlink(path)
+
+
+def test_mount_ns_refuses_a_symlink(tmp_path: os.PathLike[str]) -> None:
+    target = os.path.join(os.fspath(tmp_path), "target")
+    link = os.path.join(os.fspath(tmp_path), "link")
+    open(target, "w").close()
+    os.symlink(target, link)
+    with NamespaceSet.unshare(Kind.NET) as s, pytest.raises(NamespaceExistsError):
+        s.mount_ns(Kind.NET, link)
+    assert not os.path.ismount(target)
+
+
+# -- 15: bytes and PathLike paths -------------------------------------------------------
+
+
+def test_bytes_paths_are_accepted() -> None:
+    fds = open_fds()
+    with pytest.raises(NamespaceNotFoundError) as info:
+        NamespaceSet.from_path(b"/nonexistent")
+    assert "/nonexistent" in str(info.value)
+    with pytest.raises(NamespaceNotFoundError) as info:
+        NamespaceSet.from_dir(b"/tmp", "net")
+    assert "/tmp/net" in str(info.value)
+    with NamespaceSet.from_path(b"/proc/self/ns/net") as s:
+        assert s.kinds == Kind.NET
+    with NamespaceSet.from_dir(b"/proc/self/ns", "net,uts") as s:
+        assert s.kinds == Kind.NET | Kind.UTS
+    assert open_fds() == fds
+
+
+@pytest.mark.parametrize("path", [3, None, 1.5])
+def test_non_paths_are_refused_clearly(path: object) -> None:
+    for call in (NamespaceSet.from_path, lambda p: NamespaceSet.from_dir(p, "net")):
+        with pytest.raises(InvalidArgumentTypeError) as info:
+            call(path)  # type: ignore[operator]
+        assert isinstance(info.value, TypeError)
+        str(info.value)
+
+
+def test_nul_in_path_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError):
+        NamespaceSet.from_path("/proc/self/ns/net\0x")
+
+
+# -- 16: netns names are checked as names --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../etc", "x\0y", "n" * 256])
+def test_invalid_netns_names_are_a_validation_error(name: str) -> None:
+    """An impossible name is InvalidNetnsNameError (a ValueError), for
+    from_name, persist and unpersist alike; nothing is touched."""
+    fds = open_fds()
+    with pytest.raises(InvalidNetnsNameError) as info:
+        NamespaceSet.from_name(name)
+    assert isinstance(info.value, ValueError)
+    str(info.value)
+    with pytest.raises(InvalidNetnsNameError):
+        NamespaceSet.unpersist(name)
+    with NamespaceSet.unshare(Kind.NET) as s, pytest.raises(InvalidNetnsNameError):
+        s.persist(name)
+    with pytest.raises(InvalidArgumentTypeError):
+        NamespaceSet.from_name(None)  # type: ignore[arg-type]
+    assert open_fds() == fds

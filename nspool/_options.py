@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
 from . import _sys
-from .errors import KindError, from_errno
+from .errors import InvalidArgumentError, InvalidArgumentTypeError, KindError, from_errno
 from .kinds import Kind
 
 __all__ = [
@@ -47,6 +47,24 @@ MAX_MAP_LINES = 340
 HOST_NAME_MAX = 64
 #: The clocks a time namespace can offset, by the names its offsets file takes.
 CLOCKS = ("monotonic", "boottime")
+#: The largest clock offset, in seconds, the kernel takes (``KTIME_SEC_MAX / 2``).
+MAX_CLOCK_OFFSET = (2**63 - 1) // 10**9 // 2
+
+
+def _bad_value(option: str, detail: str, *, kind: Kind) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        errno.EINVAL, syscall="unshare", kind=kind, detail=f"{option}: {detail}"
+    )
+
+
+def _bad_type(option: str, value: object, want: str, *, kind: Kind) -> InvalidArgumentTypeError:
+    return InvalidArgumentTypeError(
+        errno.EINVAL,
+        syscall="unshare",
+        kind=kind,
+        detail=f"{option} must be {want}, not {type(value).__name__} {value!r}",
+    )
+
 
 # Mount flags for the private file systems (<sys/mount.h>).
 _MS_NOSUID = 0x2
@@ -114,6 +132,9 @@ class SetOptions:
                     detail=f"{option} needs a new {kind} namespace in the same call",
                 )
 
+        for option, flag in (("private_tmp", private_tmp), ("private_proc", private_proc)):
+            if not isinstance(flag, bool):
+                raise _bad_type(option, flag, "a bool", kind=Kind.MNT)
         if uid_map is not None or gid_map is not None:
             need(Kind.USER, "uid_map/gid_map")
         if kinds & Kind.USER:
@@ -128,17 +149,38 @@ class SetOptions:
             need(Kind.MNT, "private_proc")
         for option, name in (("hostname", hostname), ("domainname", domainname)):
             if name is not None:
+                if not isinstance(name, str):
+                    raise _bad_type(option, name, "a str", kind=Kind.UTS)
                 need(Kind.UTS, option)
+                if "\0" in name:
+                    raise _bad_value(option, f"contains a NUL: {name!r}", kind=Kind.UTS)
                 if len(os.fsencode(name)) > HOST_NAME_MAX:
-                    raise ValueError(f"{option} is longer than {HOST_NAME_MAX} bytes: {name!r}")
+                    raise _bad_value(
+                        option, f"longer than {HOST_NAME_MAX} bytes: {name!r}", kind=Kind.UTS
+                    )
         offsets: tuple[tuple[str, float], ...] = ()
+        if clock_offsets is not None and not isinstance(clock_offsets, Mapping):
+            raise _bad_type(
+                "clock_offsets", clock_offsets, 'a mapping such as {"monotonic": 5}', kind=Kind.TIME
+            )
         if clock_offsets:
             need(Kind.TIME, "clock_offsets")
             for clock, seconds in clock_offsets.items():
                 if clock not in CLOCKS:
-                    raise ValueError(f"clock_offsets: no clock {clock!r}; one of {CLOCKS}")
-                if not math.isfinite(seconds):
-                    raise ValueError(f"clock_offsets: {clock} offset must be finite")
+                    raise _bad_value(
+                        "clock_offsets", f"no clock {clock!r}; one of {CLOCKS}", kind=Kind.TIME
+                    )
+                if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                    raise _bad_type(
+                        f"clock_offsets[{clock!r}]", seconds, "a number of seconds", kind=Kind.TIME
+                    )
+                if not math.isfinite(seconds) or abs(seconds) > MAX_CLOCK_OFFSET:
+                    raise _bad_value(
+                        "clock_offsets",
+                        f"{clock} offset must be finite and within "
+                        f"+-{MAX_CLOCK_OFFSET} s, not {seconds!r}",
+                        kind=Kind.TIME,
+                    )
             offsets = tuple(sorted((c, float(s)) for c, s in clock_offsets.items()))
         return cls(
             uid_map=uids,
@@ -202,24 +244,37 @@ def _check_map(name: str, entries: Iterable[IdMap] | None, *, default: int) -> t
     with a bare ``EINVAL``)."""
     if entries is None:
         return ((0, default, 1),)
+    raw: object = entries
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, Iterable):
+        raise _bad_type(name, raw, "lines (inside, outside, count)", kind=Kind.USER)
     lines: list[IdMap] = []
     for entry in entries:
         try:
-            inside, outside, count = (int(v) for v in entry)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{name}: each entry is (inside, outside, count), not {entry!r}"
-            ) from None
+            values = tuple(entry)
+        except TypeError:
+            values = ()
+        if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+            # A ValueError, as before: the map's type is right, a line is not.
+            raise _bad_value(
+                name,
+                f"each entry is (inside, outside, count), three ints, not {entry!r}",
+                kind=Kind.USER,
+            )
+        inside, outside, count = values
         if inside < 0 or outside < 0 or count < 1 or max(inside, outside) + count > 2**32 - 1:
-            raise ValueError(f"{name}: ids must be >= 0 with count >= 1, not {entry!r}")
+            raise _bad_value(
+                name, f"ids must be >= 0 with count >= 1, not {entry!r}", kind=Kind.USER
+            )
         lines.append((inside, outside, count))
     if len(lines) > MAX_MAP_LINES:
-        raise ValueError(f"{name}: at most {MAX_MAP_LINES} lines, not {len(lines)}")
+        raise _bad_value(name, f"at most {MAX_MAP_LINES} lines, not {len(lines)}", kind=Kind.USER)
     for side, label in ((0, "inside"), (1, "outside")):
         ordered = sorted(lines, key=lambda line: line[side])
         for before, after in itertools.pairwise(ordered):
             if before[side] + before[2] > after[side]:
-                raise ValueError(f"{name}: ranges {before} and {after} overlap {label}")
+                raise _bad_value(
+                    name, f"ranges {before} and {after} overlap {label}", kind=Kind.USER
+                )
     return tuple(lines)
 
 

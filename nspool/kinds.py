@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator
 
-from .errors import KindError
+from .errors import KindError, KindTypeError
 
 __all__ = ["ALL_KINDS", "NO_KINDS", "SETNS_ORDER", "Kind"]
 
@@ -58,10 +58,17 @@ class Kind(enum.IntFlag):
             for word in value.replace("|", ",").replace(" ", ",").split(","):
                 if word:
                     flags |= int(cls._from_name(word))
-        else:
+        elif isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray)):
             flags = 0
             for item in value:
                 flags |= int(cls.parse(item))
+        else:
+            raise KindTypeError(
+                22,
+                syscall="Kind.parse",
+                detail=f"not a kind: {value!r} ({type(value).__name__}); give a Kind, "
+                'a name such as "net,uts", an int of CLONE_NEW* bits, or names',
+            )
         stray = flags & ~int(_ALL)
         if stray:
             raise KindError(

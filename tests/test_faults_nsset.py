@@ -11,6 +11,8 @@ import pytest
 
 from nspool import (
     Kind,
+    KindError,
+    NamespaceError,
     NamespaceExistsError,
     NamespaceNotFoundError,
     NamespaceSet,
@@ -21,6 +23,7 @@ from nspool.errors import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
     InvalidNetnsNameError,
+    KindTypeError,
 )
 
 from .conftest import open_fds, unique_name
@@ -251,3 +254,53 @@ def test_invalid_netns_names_are_a_validation_error(name: str) -> None:
     with pytest.raises(InvalidArgumentTypeError):
         NamespaceSet.from_name(None)  # type: ignore[arg-type]
     assert open_fds() == fds
+
+
+@pytest.mark.parametrize("value", [None, 1.5, b"net", [1.5]])
+def test_kind_parse_refuses_non_kinds_with_a_typed_error(value: object) -> None:
+    with pytest.raises(KindTypeError) as info:
+        Kind.parse(value)  # type: ignore[arg-type]
+    assert isinstance(info.value, KindError)
+    assert isinstance(info.value, TypeError)
+    assert "Kind.parse" in str(info.value)
+    with pytest.raises(KindError):
+        NamespaceSet.unshare(value)  # type: ignore[arg-type]
+
+
+def own_children() -> list[str]:
+    pid = os.getpid()
+    found: list[str] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            found += f.read().split()
+    return found
+
+
+@pytest.mark.parametrize(
+    ("kinds", "options", "error"),
+    [
+        (Kind.USER, {"uid_map": [(0.5, 0, 1)]}, InvalidArgumentError),
+        (Kind.USER, {"uid_map": [(0, 1000.9, 1)]}, InvalidArgumentError),
+        (Kind.USER, {"gid_map": "0 0 1"}, InvalidArgumentTypeError),
+        (Kind.MNT, {"private_tmp": "no"}, InvalidArgumentTypeError),
+        (Kind.MNT | Kind.PID, {"private_proc": 1}, InvalidArgumentTypeError),
+        (Kind.TIME, {"clock_offsets": [("monotonic", 5)]}, InvalidArgumentTypeError),
+        (Kind.TIME, {"clock_offsets": {"monotonic": 1e300}}, InvalidArgumentError),
+        (Kind.TIME, {"clock_offsets": {"boottime": "5"}}, InvalidArgumentTypeError),
+        (Kind.UTS, {"hostname": "a\0b"}, InvalidArgumentError),
+        (Kind.USER | Kind.UTS, {"hostname": "a\0b"}, InvalidArgumentError),
+        (Kind.USER | Kind.UTS, {"domainname": "a\0b"}, InvalidArgumentError),
+        (Kind.UTS, {"hostname": 5}, InvalidArgumentTypeError),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_made(
+    kinds: Kind, options: dict[str, object], error: type[Exception]
+) -> None:
+    """Each bad option is a typed NamespaceError raised at the entry: no
+    namespace, helper process, fd or thread is left (no_leaks)."""
+    children = own_children()
+    with pytest.raises(error) as info:
+        NamespaceSet.unshare(kinds, **options)  # type: ignore[arg-type]
+    assert isinstance(info.value, NamespaceError)
+    str(info.value)
+    assert own_children() == children

@@ -50,6 +50,7 @@ from .errors import (
     NamespaceExistsError,
     NamespaceNotFoundError,
     NotANamespaceError,
+    PidNamespaceEndedError,
     ProcessNotFoundError,
     SetClosedError,
     UnsupportedKindError,
@@ -146,6 +147,18 @@ class _PidInit:
     def pid(self) -> int:
         """The init's pid as this process sees it."""
         return self._pid
+
+    def alive(self) -> bool:
+        """Whether the init still runs (a zombie counts as gone: its pid
+        namespace takes no new process once PID 1 has exited)."""
+        if self._pid == self._process.pid:
+            return self._process.poll() is None
+        try:
+            with open(f"/proc/{self._pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in (b"Z", b"X", b"x")
 
     @classmethod
     def start(cls, *, mount_proc: bool = False) -> _PidInit:
@@ -498,6 +511,8 @@ class NamespaceSet:
         self._closed = False
         self._released = False
         self._id_cache: dict[Kind, int] | None = None
+        #: Set once a fork into the set's pid namespace failed with ENOMEM.
+        self._pid_ended = False
         #: (kind, fd) in the order a thread enters them.
         self._order = tuple((k, self._fds[k]) for k in SETNS_ORDER if k in self._fds)
 
@@ -776,6 +791,24 @@ class NamespaceSet:
         return self._closed
 
     @property
+    def pid_namespace_ended(self) -> bool:
+        """Whether the set's pid namespace can take no new process: its init
+        (see :attr:`init_pid`) has exited or was killed, or a fork into it
+        already failed with ``ENOMEM``. Then ``run_process`` and
+        ``open_process`` raise :class:`PidNamespaceEndedError`; make a new
+        set. ``False`` for a set without a pid namespace."""
+        if not self._bits & int(Kind.PID):
+            return False
+        if not self._pid_ended and self._init is not None and not self._init.alive():
+            self._pid_ended = True
+        return self._pid_ended
+
+    def _check_pid_namespace(self) -> None:
+        """Raise :class:`PidNamespaceEndedError` if :attr:`pid_namespace_ended`."""
+        if self.pid_namespace_ended:
+            raise pid_namespace_ended_error(self)
+
+    @property
     def init_pid(self) -> int | None:
         """The pid (as this process sees it) of the init this set keeps in its
         pid namespace, or ``None`` if it keeps none."""
@@ -973,19 +1006,29 @@ class NamespaceSet:
         it) and return its output, as ``anyio.run_process`` does; see
         :func:`nspool.aio.run_process_in`.
 
-        Cancellation: the process is killed and reaped."""
+        Cancellation: the process is killed and reaped.
+
+        Raises :class:`PidNamespaceEndedError` if the set's pid namespace
+        has ended (its init was killed)."""
         from .aio import run_process_in
 
-        return await run_process_in(
-            self,
-            command,
-            input=input,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            check=check,
-            **options,
-        )
+        self._check_pid_namespace()
+        try:
+            return await run_process_in(
+                self,
+                command,
+                input=input,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                check=check,
+                **options,
+            )
+        except OSError as exc:
+            error = fork_error(self, exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     async def open_process(
         self,
@@ -1001,12 +1044,22 @@ class NamespaceSet:
         :func:`nspool.aio.open_process_in`.
 
         Cancellation: a process started by a cancelled call is killed and
-        reaped."""
+        reaped.
+
+        Raises :class:`PidNamespaceEndedError` if the set's pid namespace
+        has ended (its init was killed)."""
         from .aio import open_process_in
 
-        return await open_process_in(
-            self, command, stdin=stdin, stdout=stdout, stderr=stderr, **options
-        )
+        self._check_pid_namespace()
+        try:
+            return await open_process_in(
+                self, command, stdin=stdin, stdout=stdout, stderr=stderr, **options
+            )
+        except OSError as exc:
+            error = fork_error(self, exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     # -- persistence -----------------------------------------------------------
 
@@ -1201,6 +1254,37 @@ class NamespaceSet:
         except (OSError, NamespaceError):
             ids = str(self._kinds)
         return f"<NamespaceSet {ids}>"
+
+
+def pid_namespace_ended_error(s: NamespaceSet) -> PidNamespaceEndedError:
+    """The error for a fork into ``s`` whose pid namespace has ended."""
+    init = f"its init (pid {s._init.pid})" if s._init is not None else "its PID 1"
+    return PidNamespaceEndedError(
+        errno.ENOMEM,
+        syscall="fork",
+        kind=Kind.PID,
+        pid=None if s._init is None else s._init.pid,
+        detail=f"the set's pid namespace has ended: {init} exited or was killed, "
+        "so the kernel takes no new process there; close the set and make a new one",
+    )
+
+
+def fork_error(s: NamespaceSet, exc: BaseException) -> BaseException:
+    """Translate an error from starting a process in ``s``: ``ENOMEM`` from
+    ``fork``/``clone`` into a set holding a pid namespace means that
+    namespace has ended (its PID 1 is gone). Then ``s`` remembers it
+    (:attr:`NamespaceSet.pid_namespace_ended`) and a
+    :class:`PidNamespaceEndedError` is returned; any other error is
+    returned as it is. Callers: ``raise fork_error(s, exc) from exc``."""
+    if (
+        isinstance(exc, OSError)
+        and not isinstance(exc, NamespaceError)
+        and exc.errno == errno.ENOMEM
+        and s._bits & int(Kind.PID)
+    ):
+        s._pid_ended = True
+        return pid_namespace_ended_error(s)
+    return exc
 
 
 # -- helpers that run on the creating thread -------------------------------------

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import threading
 from collections.abc import Callable
 
@@ -24,9 +26,10 @@ from nspool.errors import (
     InvalidArgumentTypeError,
     InvalidNetnsNameError,
     KindTypeError,
+    PidNamespaceEndedError,
 )
 
-from .conftest import open_fds, unique_name
+from .conftest import open_fds, unique_name, wait_until
 
 TIMEOUT = 10.0
 
@@ -304,3 +307,57 @@ def test_bad_options_are_refused_before_anything_is_made(
     assert isinstance(info.value, NamespaceError)
     str(info.value)
     assert own_children() == children
+
+
+# -- 14: a pid namespace whose init was killed ----------------------------------------------
+
+
+def test_fork_error_translates_enomem_only_for_pid_sets() -> None:
+    with NamespaceSet.unshare(Kind.NET) as s:
+        plain = OSError(errno.ENOMEM, "Cannot allocate memory")
+        assert nsset.fork_error(s, plain) is plain
+        assert not s.pid_namespace_ended
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("how", ["run_process", "open_process"])
+async def test_killed_init_is_a_typed_error(fresh_default: None, how: str) -> None:
+    """After the init of a set's pid namespace is killed, starting a process
+    there is PidNamespaceEndedError naming the pid, on this and every later
+    use, and the set says so (pid_namespace_ended)."""
+    import anyio
+
+    with NamespaceSet.unshare(Kind.PID) as s:
+        assert not s.pid_namespace_ended
+        init_pid = s.init_pid
+        assert init_pid is not None
+        os.kill(init_pid, signal.SIGKILL)
+        assert wait_until(lambda: s.pid_namespace_ended)
+        start = s.run_process if how == "run_process" else s.open_process
+        for _ in range(2):
+            with anyio.fail_after(TIMEOUT), pytest.raises(PidNamespaceEndedError) as info:
+                await start(["true"])
+            assert info.value.errno == errno.ENOMEM
+            assert f"pid {init_pid}" in str(info.value)
+            assert "pid namespace has ended" in str(info.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_enomem_from_fork_marks_the_set(fresh_default: None) -> None:
+    """A set that shares a pid namespace without its init (from_path): the
+    ENOMEM of the fork is translated, and the set remembers it."""
+    import anyio
+
+    with NamespaceSet.unshare(Kind.PID) as owner:
+        init_pid = owner.init_pid
+        assert init_pid is not None
+        fd = owner.fds(Kind.PID)[Kind.PID]
+        with NamespaceSet.from_path(f"/proc/self/fd/{fd}", Kind.PID) as s:
+            os.kill(init_pid, signal.SIGKILL)
+            assert wait_until(lambda: owner.pid_namespace_ended)
+            assert not s.pid_namespace_ended
+            with anyio.fail_after(TIMEOUT), pytest.raises(PidNamespaceEndedError):
+                await s.run_process(["true"])
+            assert s.pid_namespace_ended

@@ -435,7 +435,7 @@ def _fs_path(path: object, *, what: str, kind: object = None) -> str:
     return text
 
 
-def _dup_fds(fds: Mapping[Kind, int]) -> dict[Kind, int]:
+def dup_fds(fds: Mapping[Kind, int]) -> dict[Kind, int]:
     """A close-on-exec copy of every fd in ``fds``, or none: if one ``dup``
     fails (``EMFILE``), the copies made so far are closed and a
     :class:`NamespaceError` naming the kind is raised."""
@@ -593,7 +593,7 @@ class NamespaceSet:
         )
         with borrowed as base_fds:
             # What the new set shares with the base: its own copies of those fds.
-            shared = _dup_fds({k: fd for k, fd in base_fds.items() if not k & kinds})
+            shared = dup_fds({k: fd for k, fd in base_fds.items() if not k & kinds})
             base_init = base._init if base is not None and Kind.PID in shared else None
 
             # A thread of a threaded process can neither create nor join a
@@ -846,7 +846,7 @@ class NamespaceSet:
         (default: all). Closing either set leaves the other usable."""
         wanted = None if kinds is None else Kind.require(kinds, what="dup")
         with self._borrow(wanted) as fds:
-            copies = _dup_fds(fds)
+            copies = dup_fds(fds)
             init = self._init.acquire() if self._init and Kind.PID in copies else None
             return type(self)(copies, init=init)
 

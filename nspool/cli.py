@@ -4,7 +4,10 @@
 nspool do: create a namespace (``NamespaceSet.unshare``), join one from a
 throwaway thread (``nsset.enter``), and persist one with a bind mount
 (``NamespaceSet.mount_ns``). Everything it makes is closed, unmounted or
-removed before it returns; the only threads it starts are joined.
+removed before it returns; the only threads it starts are joined. It also
+tries rootless mode (:func:`nspool.enter_user_namespace`, then a netns and a
+pool) in a child process of this interpreter, since that needs a process
+with one thread, and lists the syscall backends and optional parts found.
 
 ``demo`` serves requests, each in a fresh network namespace from a warm
 pool, and compares that with creating a namespace per request
@@ -25,9 +28,14 @@ import errno
 import importlib
 import os
 import platform
+import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from importlib import metadata
+from importlib.util import find_spec
 from typing import TYPE_CHECKING
 
 # rich is imported where it draws: ``nspool exec`` starts a command without it.
@@ -43,6 +51,49 @@ __all__ = ["DoctorReport", "KindReport", "build_parser", "doctor", "main", "prob
 
 #: A cell for something that works.
 YES = "yes"
+#: The optional packages doctor looks for, and what each is for.
+OPTIONAL = {
+    "pyroute2": "nspool.net.veth (the `net` extra), bench baselines",
+    "matplotlib": "bench plots",
+    "rich": "the command line's tables",
+    "trio": "the async API under Trio",
+}
+#: What doctor says of the compiled helper (there is none yet).
+HELPER = "not built / none"
+#: How long the rootless-mode child may take.
+ROOTLESS_TIMEOUT = 60.0
+#: How to turn rootless mode on, as doctor prints it.
+ROOTLESS_HOWTO = (
+    "call nspool.enter_user_namespace() first thing in the program, "
+    "while the process has one thread"
+)
+
+#: The rootless-mode check, run by this interpreter as a child process: it
+#: enters a user namespace of its own, then makes a netns and runs a call in
+#: it, then a pool call; its last stdout line is ``ok`` if all of that worked.
+_ROOTLESS_SCRIPT = """
+import socket
+import nspool
+from nspool import Kind, NamespaceSet, Pool
+
+def talk():
+    from nspool.net import loopback_up
+    loopback_up()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()):
+            pass
+    return True
+
+nspool.enter_user_namespace()
+with NamespaceSet.unshare(Kind.NET) as made:
+    assert made.run_sync(talk)
+with Pool(Kind.NET, warm=1) as pool:
+    assert pool.run_sync(talk)
+nspool.default_workers().shutdown()
+print("ok")
+"""
 #: Output width when stdout is not a terminal (and ``COLUMNS`` is unset), so
 #: that piped output keeps each row on one line.
 PIPE_WIDTH = 120
@@ -90,6 +141,14 @@ class DoctorReport:
     root: bool
     pidfd_open: str
     kinds: tuple[KindReport, ...]
+    #: The syscall backends this Python offers (``backend`` is one).
+    backends: tuple[str, ...] = ()
+    #: Whether rootless mode works: ``"yes"`` or ``"no: reason"``.
+    rootless: str = "no: not tried"
+    #: Optional packages by name: their version, or ``"missing"``.
+    optional: tuple[tuple[str, str], ...] = ()
+    #: The compiled helper.
+    helper: str = HELPER
 
     def row(self, kind: Kind) -> KindReport:
         """The report of single kind ``kind``."""
@@ -103,6 +162,26 @@ class DoctorReport:
         """Whether nspool can do its main job here: create and join a netns."""
         net = self.row(Kind.NET)
         return net.create == YES and net.join == YES
+
+    @property
+    def usable(self) -> bool:
+        """Whether nspool can work here at all: directly, or in rootless mode."""
+        return self.ok or self.rootless == YES
+
+    @property
+    def verdict(self) -> str:
+        """The last line doctor prints."""
+        if self.ok:
+            return "net namespaces can be created and joined: nspool can work here"
+        if self.rootless == YES:
+            return (
+                "net namespaces cannot be created and joined with these privileges, "
+                "but rootless mode works: nspool can work here in rootless mode"
+            )
+        return (
+            "net namespaces cannot be created and joined, and rootless mode does not "
+            "work: nspool cannot work here"
+        )
 
 
 def probe() -> DoctorReport:
@@ -120,7 +199,70 @@ def probe() -> DoctorReport:
         root=os.geteuid() == 0,
         pidfd_open=_check_pidfd_open(),
         kinds=tuple(_probe_kind(kind) for kind in SETNS_ORDER),
+        backends=_sys.available_backends(),
+        rootless=_check_rootless(),
+        optional=tuple((name, _version(name)) for name in OPTIONAL),
     )
+
+
+def _version(name: str) -> str:
+    """The installed version of package ``name``, or ``"missing"``."""
+    try:
+        if find_spec(name) is None:
+            return "missing"
+    except (ImportError, ValueError):
+        return "missing"
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "present"
+
+
+def _interpreters() -> list[str]:
+    """Interpreters that can run the rootless-mode child: this one, then a
+    ``pythonX.Y`` of the same version on ``PATH`` (for a user who could not
+    start this one again: a venv whose base interpreter lives in a directory
+    private to another user)."""
+    found = [sys.executable] if sys.executable else []
+    for name in (f"python{sys.version_info[0]}.{sys.version_info[1]}",):
+        other = shutil.which(name)
+        if other is not None and os.path.realpath(other) not in map(os.path.realpath, found):
+            found.append(other)
+    return found
+
+
+def _check_rootless() -> str:
+    """Try rootless mode in a child process (it needs a process with one
+    thread): ``"yes"``, or ``"no: "`` and the child's last error line. The
+    child uses this process's syscall backend and import path."""
+    env = {
+        **os.environ,
+        "NSPOOL_SYSCALLS": _sys.backend(),
+        "PYTHONPATH": os.pathsep.join([entry for entry in sys.path if entry]),
+    }
+    refusal = "no: no Python interpreter to run the check"
+    for interpreter in _interpreters():
+        try:
+            done = subprocess.run(
+                [interpreter, "-c", _ROOTLESS_SCRIPT],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd="/",
+                timeout=ROOTLESS_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return f"no: the check did not finish in {ROOTLESS_TIMEOUT:g}s"
+        except OSError as exc:
+            refusal = f"no: cannot start {interpreter}: {exc.strerror}"
+            continue
+        lines = done.stdout.splitlines()
+        if done.returncode == 0 and lines and lines[-1] == "ok":
+            return YES
+        errors = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        return "no: " + (errors[-1] if errors else f"exit status {done.returncode}")
+    return refusal
 
 
 def _check_pidfd_open() -> str:
@@ -219,19 +361,25 @@ def render(report: DoctorReport, console: Console) -> None:
     for row in report.kinds:
         table.add_row(row.kind.proc_name, _cell(row.create), _cell(row.join), _cell(row.persist))
     console.print(table)
-    verdict = (
-        "net namespaces can be created and joined: nspool can work here"
-        if report.ok
-        else "net namespaces cannot be created and joined: nspool cannot work here"
-    )
-    console.print(verdict, markup=False, highlight=False)
+    lines = [
+        f"syscall backend: {report.backend} (available: {', '.join(report.backends)})",
+        f"rootless mode: {report.rootless}"
+        + (f"; to use it, {ROOTLESS_HOWTO}" if report.rootless == YES else ""),
+        "optional: "
+        + "  ·  ".join(f"{name} {version}" for name, version in report.optional)
+        + f"  ·  compiled helper: {report.helper}",
+        report.verdict,
+    ]
+    for line in lines:  # one line each, however narrow the console
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def doctor(args: argparse.Namespace, console: Console) -> int:
-    """``nspool doctor``: 0 if a netns can be created and joined, else 1."""
+    """``nspool doctor``: 0 if a netns can be created and joined, or rootless
+    mode works, else 1."""
     report = probe()
     render(report, console)
-    return 0 if report.ok else 1
+    return 0 if report.usable else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

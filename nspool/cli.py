@@ -187,8 +187,9 @@ class DoctorReport:
 def probe() -> DoctorReport:
     """Try everything doctor reports, on this process, and return the result.
 
-    Blocks the calling thread while it works (tens of milliseconds; creating
-    a pid namespace starts and ends an init process). The calling thread's
+    Blocks the calling thread while it works (well under a second here:
+    creating a pid namespace starts and ends an init process, and the
+    rootless-mode check starts an interpreter). The calling thread's
     namespaces are untouched: creating happens on nspool's helper thread,
     joining on a throwaway thread that is joined before this returns.
     """

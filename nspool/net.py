@@ -12,6 +12,7 @@ when it is called, so that ``import nspool`` works without it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -180,7 +181,9 @@ def veth(
     try:
         index_b = b.run_sync(configure_peer)
     except BaseException:
-        a.run_sync(delete_pair)
+        # The error raised is b's; failing to delete the pair must not hide it.
+        with contextlib.suppress(Exception):
+            a.run_sync(delete_pair)
         raise
     return Veth(names=(first, second), indexes=(index_a, index_b), addresses=(here, there))
 

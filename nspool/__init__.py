@@ -9,13 +9,18 @@ then ``demo`` and ``cli``.
 """
 
 from .errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidNetnsNameError,
     KindError,
     KindMismatchError,
+    KindTypeError,
     NamespaceError,
     NamespaceExistsError,
     NamespaceNotFoundError,
     NamespacePermissionError,
     NotANamespaceError,
+    PidNamespaceEndedError,
     PoolClosedError,
     ProcessNotFoundError,
     SetClosedError,
@@ -28,15 +33,20 @@ from .rootless import enter_user_namespace
 from .workers import Workers, WorkersStats, default_workers
 
 __all__ = [
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "InvalidNetnsNameError",
     "Kind",
     "KindError",
     "KindMismatchError",
+    "KindTypeError",
     "NamespaceError",
     "NamespaceExistsError",
     "NamespaceNotFoundError",
     "NamespacePermissionError",
     "NamespaceSet",
     "NotANamespaceError",
+    "PidNamespaceEndedError",
     "Pool",
     "PoolClosedError",
     "PoolStats",

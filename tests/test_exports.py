@@ -5,6 +5,11 @@ from __future__ import annotations
 import nspool
 
 EXPECTED = {
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "KindTypeError",
+    "InvalidNetnsNameError",
+    "PidNamespaceEndedError",
     "Kind",
     "KindError",
     "KindMismatchError",

@@ -206,4 +206,14 @@ def from_errno(
     """Build the nspool error for a failed syscall, choosing the subclass from
     ``err``. The caller raises it (``raise from_errno(...) from exc``)."""
     cls = _BY_ERRNO.get(err, NamespaceError)
+    if err == _errno.EPERM and syscall.startswith(_PRIVILEGED):
+        detail = f"{detail}; {PRIVILEGE_HINT}" if detail else PRIVILEGE_HINT
     return cls(err, syscall=syscall, kind=kind, path=path, pid=pid, detail=detail)
+
+
+#: What an ``EPERM`` from making or joining namespaces says to do.
+PRIVILEGE_HINT = (
+    "hint: making and joining namespaces needs root (CAP_SYS_ADMIN); without it, call "
+    "nspool.enter_user_namespace() first thing to work in rootless mode"
+)
+_PRIVILEGED = ("unshare", "setns", "mount", "umount")

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
     from .aio import Command, NamespaceProcess, ProcessOptions
 
+import sniffio
+
 from . import _sys
 from ._options import PROC_FLAGS, SetOptions, UnshareOptions
 from ._userns import REAP_SOURCE, make_in_helper
@@ -57,6 +59,7 @@ from .errors import (
     from_errno,
 )
 from .kinds import ALL_KINDS, NO_KINDS, SETNS_ORDER, Kind
+from .net import loopback_up
 
 __all__ = ["INLINE_KINDS", "NamespaceSet", "current", "enter"]
 
@@ -460,7 +463,47 @@ def dup_fds(fds: Mapping[Kind, int]) -> dict[Kind, int]:
 
 
 class _UnshareMethod(Protocol):
-    def __call__(self, kinds: KindsArg, **options: Unpack[UnshareOptions]) -> NamespaceSet: ...
+    def __call__(
+        self, kinds: KindsArg, *, loopback: bool = False, **options: Unpack[UnshareOptions]
+    ) -> NamespaceSet: ...
+
+
+_warned_blocking = False
+
+
+def _on_event_loop() -> bool:
+    """Whether the calling thread is running an asyncio or Trio loop."""
+    try:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+    return True
+
+
+def _warn_blocking() -> None:
+    global _warned_blocking
+    _warned_blocking = True
+    warnings.warn(
+        "NamespaceSet.run_sync() called on an event loop's thread blocks the loop until the "
+        "call returns; use `await s.run(fn)` there",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _loopback_hook(kinds: Kind, loopback: bool) -> Callable[[NamespaceSet], object] | None:
+    """``unshare(loopback=...)``: a hook that brings ``lo`` up inside."""
+    if not isinstance(loopback, bool):
+        raise InvalidArgumentTypeError(
+            errno.EINVAL, syscall="unshare", detail=f"loopback must be a bool, not {loopback!r}"
+        )
+    if not loopback:
+        return None
+    if not kinds & Kind.NET:
+        raise KindError(
+            errno.EINVAL, syscall="unshare", kind=kinds, detail="loopback=True needs a new netns"
+        )
+    return lambda _s: loopback_up()
 
 
 class _Unshare:
@@ -519,7 +562,9 @@ class NamespaceSet:
     # -- construction -------------------------------------------------------
 
     @classmethod
-    def _unshare_new(cls, kinds: KindsArg, **options: Unpack[UnshareOptions]) -> NamespaceSet:
+    def _unshare_new(
+        cls, kinds: KindsArg, *, loopback: bool = False, **options: Unpack[UnshareOptions]
+    ) -> NamespaceSet:
         """Create new namespaces of ``kinds`` (``NamespaceSet.unshare(kinds)``).
 
         The calling thread does not move: the namespaces are made on a helper
@@ -550,6 +595,9 @@ class NamespaceSet:
         - ``hostname``, ``domainname``: names of the new uts namespace.
         - ``clock_offsets``: ``{"monotonic": seconds, "boottime": seconds}``
           for the new time namespace, seen by processes started in the set.
+        - ``loopback=True``: bring ``lo`` up in the new netns. Without it
+          ``lo`` is left down, as ``ip netns add`` leaves it: nothing can
+          reach 127.0.0.1 in the set (a pool's sets have it up by default).
 
         Blocks the calling thread for about a millisecond (the kernel's cost
         of a network namespace), longer with a pid or user namespace (a
@@ -557,13 +605,17 @@ class NamespaceSet:
         process or namespace.
         """
         kinds = Kind.require(kinds, what="unshare")
-        return cls._create(kinds, None, options=SetOptions.make(kinds, **options))
+        set_options = SetOptions.make(kinds, **options)
+        return cls._create(kinds, None, _loopback_hook(kinds, loopback), options=set_options)
 
-    def _unshare_nested(self, kinds: KindsArg, **options: Unpack[UnshareOptions]) -> NamespaceSet:
+    def _unshare_nested(
+        self, kinds: KindsArg, *, loopback: bool = False, **options: Unpack[UnshareOptions]
+    ) -> NamespaceSet:
         """Create new namespaces of ``kinds`` nested in this set
         (``s.unshare(kinds)``); see :meth:`_unshare_new`."""
         kinds = Kind.require(kinds, what="unshare")
-        return type(self)._create(kinds, base=self, options=SetOptions.make(kinds, **options))
+        set_options = SetOptions.make(kinds, **options)
+        return type(self)._create(kinds, self, _loopback_hook(kinds, loopback), options=set_options)
 
     @classmethod
     def _create(
@@ -752,7 +804,16 @@ class NamespaceSet:
     def from_name(cls, name: str) -> NamespaceSet:
         """The network namespace that ``ip netns`` calls ``name``."""
         path = os.path.join(NETNS_RUN_DIR, _validate_name(name))
-        return cls({Kind.NET: _sys.open_ns_nonblocking(path, Kind.NET)[0]})
+        try:
+            return cls({Kind.NET: _sys.open_ns_nonblocking(path, Kind.NET)[0]})
+        except NamespaceNotFoundError as exc:
+            raise NamespaceNotFoundError(
+                errno.ENOENT,
+                syscall="open",
+                kind=Kind.NET,
+                path=path,
+                detail=f"no netns named {name!r}; hint: create it with `ip netns add {name}`",
+            ) from exc
 
     @classmethod
     def _open_each(
@@ -945,7 +1006,12 @@ class NamespaceSet:
 
         Cancellation: interrupting the wait (``KeyboardInterrupt``) does not
         stop ``fn``; it finishes on its thread and its result is dropped.
+
+        Called on an event loop's thread it blocks the loop: the first such
+        call warns (``RuntimeWarning``); use ``await s.run(fn)`` there.
         """
+        if not _warned_blocking and _on_event_loop():
+            _warn_blocking()
         # The executor is the next layer down (it imports this module), so
         # it is looked up at call time.
         from .workers import default_workers

@@ -16,6 +16,8 @@ never reused, once it finishes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import os
 import socket
 import subprocess
@@ -147,6 +149,13 @@ async def _wait_done(future: Future[Any], on_abandon: Callable[[], None] | None)
         raise
 
 
+def _no_async_library(context: contextvars.Context) -> None:
+    """Clear sniffio's marker in a call's copied context, as
+    ``anyio.to_thread.run_sync`` does: the callable runs on a worker
+    thread, where no event loop is running."""
+    context.run(sniffio.current_async_library_cvar.set, None)
+
+
 async def run_in(
     workers: Workers | None,
     s: NamespaceSet,
@@ -178,6 +187,7 @@ async def run_in(
                 waiter.set_result(None)
 
         job = Job(fn, args, kwargs, lambda _job: inbox.deliver(wake))
+        _no_async_library(job.context)
         executor.submit_job(s, job)
         try:
             await waiter
@@ -187,6 +197,7 @@ async def run_in(
     else:
         event = anyio.Event()
         job = Job(fn, args, kwargs, lambda _job: inbox.deliver(event.set))
+        _no_async_library(job.context)
         executor.submit_job(s, job)
         try:
             await event.wait()
@@ -233,7 +244,9 @@ async def pool_run(pool: Pool, fn: Callable[_P, _T], /, *args: _P.args, **kwargs
     s = await pool_take(pool)
     executor = pool._workers_or_default()
     try:
-        future = executor.submit_in(s, fn, *args, **kwargs)
+        context = contextvars.copy_context()
+        _no_async_library(context)
+        future = executor.submit_in(s, functools.partial(context.run, fn, *args, **kwargs))
     except BaseException:
         await pool_give_back(pool, s)
         raise

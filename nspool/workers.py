@@ -66,7 +66,14 @@ from .errors import NamespaceError, SetClosedError, UnsupportedKindError
 from .kinds import SETNS_ORDER, Kind
 from .nsset import _THREAD_NS_DIR, NamespaceSet, _close_fds, _open_thread_ns, _thread
 
-__all__ = ["IDLE_TIMEOUT", "MAX_WORKERS", "Workers", "WorkersStats", "default_workers"]
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_WORKERS",
+    "Workers",
+    "WorkersForkedError",
+    "WorkersStats",
+    "default_workers",
+]
 
 logger = logging.getLogger("nspool")
 
@@ -133,6 +140,8 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 _worker_numbers = itertools.count(1)
+#: ``on`` in a worker thread found with its own fs or fd table.
+_tainted = threading.local()
 
 
 def _setns() -> Callable[[int, int], None]:
@@ -153,6 +162,11 @@ class WorkersStats:
     queued: int
     calls: int
     discarded: int
+
+
+class WorkersForkedError(RuntimeError):
+    """A ``Workers`` made before ``os.fork()`` was used in the child, where
+    its threads do not exist. The default executor is remade instead."""
 
 
 class _Discard(Exception):
@@ -292,11 +306,13 @@ class _Home:
     def __init__(self, use_anchor: bool, *, spawner: bool = True) -> None:
         self._users = 1
         self._users_lock = threading.Lock()
+        #: The task a worker's fs and fd table are compared with (``kcmp``):
+        #: the process's main thread, whose fs and files every thread shares.
+        self.pid = os.getpid()
         self.fds: dict[Kind, int] = {}
         self.root = -1
         self.anchor_fd = -1
         self._anchor: threading.Thread | None = None
-        self._anchor_stop = threading.Lock()
         self._spawner: threading.Thread | None = None
         self._to_start: queue.SimpleQueue[tuple[threading.Thread, Future[None]] | None] = (
             queue.SimpleQueue()
@@ -320,11 +336,18 @@ class _Home:
                 if spawner:
                     self._start_spawner()
             self.root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.root_stat = os.fstat(self.root)
             # A forced return sets pid_for_children to the anchor's own pid
             # namespace: usable only if home's pid_for_children is that one.
             own_pid = os.stat(os.path.join(_THREAD_NS_DIR, "pid")).st_ino
             if use_anchor and own_pid == os.fstat(self.fds[Kind.PID]).st_ino:
                 self._start_anchor()
+            #: Whether every thread is started by the spawner (rootless).
+            self.always_spawn = self._spawner is not None
+            if spawner and self._anchor is None and self._spawner is None:
+                # Starts threads for workers that lost the process's fs or
+                # files (the anchor does, where there is one).
+                self._start_spawner()
         except BaseException:
             self.close()
             raise
@@ -334,14 +357,13 @@ class _Home:
         self.ids[Kind.USER] = os.stat(os.path.join(_THREAD_NS_DIR, "user")).st_ino
 
     def _start_anchor(self) -> None:
-        self._anchor_stop.acquire()
         started = threading.Event()
         tid: list[int] = []
 
         def stay_home() -> None:
             tid.append(threading.get_native_id())
             started.set()
-            self._anchor_stop.acquire()
+            self._serve_starts()
 
         self._anchor = threading.Thread(target=stay_home, name="nspool-home", daemon=True)
         self._anchor.start()
@@ -353,20 +375,23 @@ class _Home:
                 raise
             self._stop_anchor()
 
+    def _serve_starts(self) -> None:
+        """The loop of the anchor or the spawner: start the threads queued by
+        :meth:`start` until ``None`` comes."""
+        while (item := self._to_start.get()) is not None:
+            thread, started = item
+            try:
+                thread.start()
+            except BaseException as exc:
+                started.set_exception(exc)
+            else:
+                started.set_result(None)
+
     def _start_spawner(self) -> None:
         """A home thread that starts the worker threads (see :meth:`start`)."""
-
-        def start_threads() -> None:
-            while (item := self._to_start.get()) is not None:
-                thread, started = item
-                try:
-                    thread.start()
-                except BaseException as exc:
-                    started.set_exception(exc)
-                else:
-                    started.set_result(None)
-
-        self._spawner = threading.Thread(target=start_threads, name="nspool-spawner", daemon=True)
+        self._spawner = threading.Thread(
+            target=self._serve_starts, name="nspool-spawner", daemon=True
+        )
         self._spawner.start()
 
     def start(self, thread: threading.Thread) -> None:
@@ -375,9 +400,10 @@ class _Home:
         come home (rootless mode) a thread that has left home (a worker
         after its call, a submitter inside a set) cannot start one, so the
         spawner, which never leaves, starts them all."""
-        if self._spawner is None:
+        if not self.always_spawn and not getattr(_tainted, "on", False):
             thread.start()
             return
+        # A tainted thread (its own fs or fd table) would pass them on.
         started: Future[None] = Future()
         self._to_start.put((thread, started))
         started.result()
@@ -385,7 +411,7 @@ class _Home:
     def _stop_anchor(self) -> None:
         anchor, self._anchor = self._anchor, None
         if anchor is not None:
-            self._anchor_stop.release()
+            self._to_start.put(None)
             if anchor is not threading.current_thread():
                 anchor.join()
 
@@ -498,6 +524,9 @@ class _Worker:
         # knows which kinds to skip without asking the kernel.
         self.here: dict[Kind, int] = dict(self.home.ids)
         self.links: _ThreadLinks | None = None
+        self.tid = 0
+        #: False once the thread is found with a private fd table.
+        self.shares_files = True
         self.cpu = -1
         # Whether the thread has its own cwd and root (unshare(CLONE_FS)),
         # which joining a mount namespace requires.
@@ -537,9 +566,14 @@ class _Worker:
             self._settle()
         except BaseException as exc:
             logger.error("nspool worker could not settle at home: %s", exc)
+            stream = call.stream if call is not None else None
             if call is not None:
                 call.error = exc
             self._retire(call, discarded=True)
+            workers = self.workers_ref()
+            if stream is not None and workers is not None:
+                # A drainer's call has no waiter: the stream's jobs do.
+                workers._fail_waiting(stream, exc)
             self._close()
             return
         try:
@@ -555,14 +589,26 @@ class _Worker:
             self._close()
 
     def _close(self) -> None:
+        if not self.shares_files:
+            # Closes here would reach only this thread's private fd table:
+            # a thread that shares the process's does them.
+            links = self.links
+            with _orphans_lock:
+                if links is not None:
+                    _orphans.append(links.close)
+                _orphans.append(self.home.release)
+            return
         if self.links is not None:
             self.links.close()
         self.home.release()
+        _close_orphans()
 
     def _settle(self) -> None:
         """Open this thread's namespace directory and make sure the thread is
         in the executor's home namespaces (it starts in its creator's)."""
+        _close_orphans()
         self.links = _ThreadLinks()
+        self.tid = threading.get_native_id()
         self.here = {**self.home.ids, **self.links.read(_CHECKED)}
         for kind in _HOME_ORDER:
             if kind in self.here and self.here[kind] != self.home.ids[kind]:
@@ -732,6 +778,7 @@ class _Worker:
         home's namespaces for every other kind, forced back by one
         ``setns`` on the anchor. Without the anchor (or going home) every
         kind is read instead. Raises :class:`_Discard`."""
+        self._check_shared(kind_bits, "after the call")
         anchor = self.home.anchor_fd
         if anchor < 0 or CHECK_EVERY_KIND:
             self._check(_CHECKED, expected, "after the call")
@@ -788,6 +835,7 @@ class _Worker:
         one ``setns``, whatever the callable did to it.
         :data:`CHECK_EVERY_KIND` reads every kind.
         """
+        self._check_shared(kind_bits, "after the call")
         if not self.home.returnable:
             self._check(_CHECKED, expected, "after the call")
             self._to_limbo()
@@ -863,6 +911,41 @@ class _Worker:
         if moved:
             raise _Discard(f"in unexpected {', '.join(moved)} namespaces {when}")
 
+    def _check_shared(self, kind_bits: int, when: str) -> None:
+        """The thread must still share the process's fd table and, unless it
+        has its own for a mount namespace, its fs (cwd, root, umask): a
+        callable that did ``unshare(CLONE_FILES)`` or ``unshare(CLONE_FS)``
+        (and ``chroot``, ``chdir``) is caught. One ``kcmp`` each (about a
+        microsecond); a thread with its own fs has its root compared
+        instead, unless it is in a set's mount namespace (going home resets
+        both). Raises :class:`_Discard`."""
+        pid, tid = self.home.pid, self.tid
+        try:
+            files = _sys.kcmp(pid, tid, _sys.KCMP_FILES)
+            if kind_bits & _MNT_BITS:
+                fs = 0
+            elif self.own_fs:
+                fs = 0 if _same_file(os.stat("/"), self.home.root_stat) else 1
+            else:
+                fs = _sys.kcmp(pid, tid, _sys.KCMP_FS)
+        except OSError as exc:
+            raise _Discard(f"cannot compare its fs and files with pid {pid} {when}: {exc}") from exc
+        if files or fs:
+            # Threads it starts would share its fs and files: the home
+            # thread starts them (see _Home.start).
+            _tainted.on = True
+        if files:
+            self.shares_files = False
+            raise _Discard(
+                f"no longer shares the fd table of pid {pid} {when} "
+                "(the callable called unshare(CLONE_FILES))"
+            )
+        if fs:
+            raise _Discard(
+                f"no longer shares the cwd and root of pid {pid} {when} "
+                "(the callable called unshare(CLONE_FS), chroot or chdir)"
+            )
+
     def _setns_home(self, kind: Kind) -> None:
         if kind is Kind.MNT and not self.own_fs:
             _sys.unshare_fs()
@@ -917,6 +1000,13 @@ class Workers(Executor):
     left, new threads are started by a home spawner thread, and a worker
     that entered a mount or pid namespace exits after its call.
 
+    After ``os.fork()``, the child has none of the parent's threads: a
+    ``Workers`` made before the fork refuses calls in the child at once
+    with :class:`WorkersForkedError` (never a hang), and
+    :func:`default_workers` (what ``s.run_sync`` and ``await s.run`` use)
+    is forgotten and made afresh, with fresh threads, on the child's first
+    call, as Trio's thread cache does.
+
     Any thread may submit. A callable may itself submit to a ``Workers``
     (the new worker thread still starts at home), but a callable that blocks
     waiting for a call on the same, saturated executor deadlocks, as with
@@ -947,12 +1037,16 @@ class Workers(Executor):
         # shutdown(wait=True) joins them too.
         self._leaving: set[threading.Thread] = set()
         self._shutdown = False
+        #: Set in a child process after ``os.fork()``: the threads stayed
+        #: in the parent, so the executor refuses calls.
+        self._forked = False
         self._calls = 0
         self._discarded = 0
         # Runs once: at shutdown, or when the executor is collected unshut.
         self._stop_idle = weakref.finalize(
             self, _stop_idle, self._lock, self._idle, self._strayed, self._home
         )
+        _all_workers.add(self)
 
     # -- submitting ---------------------------------------------------------------
 
@@ -1023,7 +1117,7 @@ class Workers(Executor):
         """
         with self._lock:
             if self._shutdown:
-                raise RuntimeError("cannot schedule new calls after shutdown")
+                raise self._refusal()
             self._calls += 1
             stream = self._streams.get(nsset)
             if stream is None:
@@ -1100,12 +1194,26 @@ class Workers(Executor):
             if self._drainer_done(stream):
                 return
 
+    def _fail_waiting(self, stream: _Stream, error: BaseException) -> None:
+        """A drainer's thread could not settle at home (``EMFILE``, say): the
+        jobs waiting now get ``error``, since nobody waits on the drainer's
+        own call; jobs submitted later bring a fresh drainer."""
+        with self._lock:
+            jobs = list(stream.jobs)
+            stream.jobs.clear()
+            stream.growing = False
+        for job in jobs:
+            if not job.cancelled:
+                job.error = copy.copy(error)
+                job.on_done(job)
+        self._drainer_lost(stream)
+
     def _dispatch(self, call: _Call, *, count: bool = True) -> None:
         worker: _Worker | None = None
         new = False
         with self._lock:
             if self._shutdown:
-                raise RuntimeError("cannot schedule new calls after shutdown")
+                raise self._refusal()
             if count:
                 self._calls += 1
             alone = len(self._idle) == len(self._threads)  # no call is running
@@ -1151,6 +1259,31 @@ class Workers(Executor):
             with self._lock:
                 self._threads.discard(worker)
             raise
+
+    def _refusal(self) -> RuntimeError:
+        if self._forked:
+            return WorkersForkedError(
+                f"this Workers was made in process {self._home.pid}, which forked: its "
+                "threads did not follow into this child; use default_workers() or make "
+                "a new Workers here"
+            )
+        return RuntimeError("cannot schedule new calls after shutdown")
+
+    def _after_fork_in_child(self) -> None:
+        """In the child of ``os.fork()``: only the forking thread exists.
+        Forget every worker (their locks may be held forever) and refuse
+        calls at once instead of handing them to threads that are gone."""
+        self._lock = threading.Lock()
+        self._idle.clear()
+        self._strayed.clear()
+        self._queue.clear()
+        self._streams.clear()
+        self._threads.clear()
+        self._leaving.clear()
+        self._shutdown = self._forked = True
+        self._stop_idle.detach()
+        with contextlib.suppress(OSError):
+            self._home.close()
 
     # -- called by workers -----------------------------------------------------------
 
@@ -1275,6 +1408,7 @@ class Workers(Executor):
             for thread in threads:
                 if thread is not threading.current_thread() and thread.ident:
                     thread.join()
+            _close_orphans()
 
     def stats(self) -> WorkersStats:
         """Counts of threads and calls, for monitoring and tests."""
@@ -1330,6 +1464,39 @@ def _stop_idle(
 
 _default: Workers | None = None
 _default_lock = threading.Lock()
+# Closes left by threads that lost the process's fd table
+# (``unshare(CLONE_FILES)``), done by the next thread that has it.
+_orphans: list[Callable[[], None]] = []
+_orphans_lock = threading.Lock()
+
+
+def _close_orphans() -> None:
+    if not _orphans:  # read without the lock: a hint
+        return
+    with _orphans_lock:
+        todo = list(_orphans)
+        _orphans.clear()
+    for close in todo:
+        close()
+
+
+_all_workers: weakref.WeakSet[Workers] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """``os.register_at_fork`` hook: every ``Workers`` of the parent refuses
+    calls in the child (:class:`WorkersForkedError`), and the default one
+    is forgotten, so that the child's first call makes fresh threads."""
+    global _default, _default_lock, _limbo, _limbo_users, _limbo_lock, _orphans_lock
+    # A parent's thread may have held these at the fork: new ones.
+    _default, _default_lock, _limbo_lock = None, threading.Lock(), threading.Lock()
+    _orphans_lock = threading.Lock()
+    for w in list(_all_workers):
+        w._after_fork_in_child()
+    _limbo, _limbo_users = None, 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_workers() -> Workers:

@@ -1,0 +1,210 @@
+"""Faults of the worker threads found in issue 11, each against the real
+kernel: a callable that changes a worker's fs or fd table, a set whose fd
+number was reused, home taken from inside a set, sniffio's marker, a
+drainer that cannot settle, ``os.fork()``, and rootless sockets.
+
+Tests that could hang run their risky part in a subprocess or under a
+timeout.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+from collections.abc import Iterator
+
+import anyio
+import pytest
+import sniffio
+
+from nspool import Kind, NamespaceSet, Workers, _sys, aio, workers
+
+from .conftest import wait_until
+
+
+@pytest.fixture
+def pool() -> Iterator[Workers]:
+    w = Workers(max_workers=4)
+    try:
+        yield w
+    finally:
+        w.shutdown(wait=True)
+
+
+def _name_and(fn: object) -> tuple[str, object]:
+    assert callable(fn)
+    return threading.current_thread().name, fn()
+
+
+def _assert_never_reused(pool: Workers, s: NamespaceSet, name: str) -> None:
+    assert wait_until(lambda: all(t.name != name for t in threading.enumerate()))
+    for _ in range(10):
+        got = pool.run_sync(s, lambda: threading.current_thread().name)
+        assert got != name
+
+
+# -- 1: fs and fd table ------------------------------------------------------------
+
+
+def test_unshare_fs_and_chroot_discards_the_worker(pool: Workers) -> None:
+    """unshare(CLONE_FS) + chroot: the thread is discarded, later calls
+    (in another set too) see the process's root."""
+    root = os.stat("/")
+    with tempfile.TemporaryDirectory() as jail, NamespaceSet.unshare(Kind.UTS) as s:
+
+        def tamper() -> str:
+            _sys.unshare_fs()
+            os.chroot(jail)
+            return "done"
+
+        name, result = pool.run_sync(s, lambda: _name_and(tamper))
+        assert result == "done"
+        assert pool.stats().discarded == 1
+        _assert_never_reused(pool, s, name)
+        with NamespaceSet.unshare(Kind.NET) as other:
+            st = pool.run_sync(other, os.stat, "/")
+            assert (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino)
+
+
+def test_unshare_fs_and_chdir_discards_the_worker(pool: Workers) -> None:
+    with NamespaceSet.unshare(Kind.UTS) as s:
+
+        def tamper() -> None:
+            _sys.unshare_fs()
+            os.chdir("/")
+
+        name, _ = pool.run_sync(s, lambda: _name_and(tamper))
+        assert pool.stats().discarded == 1
+        _assert_never_reused(pool, s, name)
+
+
+def test_unshare_files_discards_the_worker(pool: Workers) -> None:
+    """unshare(CLONE_FILES): the thread would not see fds opened later."""
+    with NamespaceSet.unshare(Kind.UTS) as s:
+        name, _ = pool.run_sync(s, lambda: _name_and(lambda: _sys.unshare(0x400)))
+        assert pool.stats().discarded == 1
+        _assert_never_reused(pool, s, name)
+        r, w = os.pipe()
+        try:
+            assert pool.run_sync(s, os.fstat, r).st_ino == os.fstat(r).st_ino
+        finally:
+            os.close(r)
+            os.close(w)
+
+
+def test_unshare_files_in_a_plain_submit_discards_the_worker(pool: Workers) -> None:
+    pool.submit(_name_and, lambda: _sys.unshare(0x400)).result(timeout=10)
+    assert wait_until(lambda: pool.stats().discarded == 1)
+
+
+def test_unshare_files_in_a_stream_discards_the_drainer(pool: Workers) -> None:
+    """Jobs on a stream are checked too."""
+    with NamespaceSet.unshare(Kind.UTS) as s:
+
+        async def main() -> None:
+            await aio.run_in(pool, s, _sys.unshare, 0x400)
+            await aio.run_in(pool, s, int)
+
+        anyio.run(main)
+        assert pool.stats().discarded == 1
+
+
+def test_mount_ns_worker_is_checked_for_files(pool: Workers) -> None:
+    """A worker in a mount-ns set has its own fs legitimately; its fd table
+    is still checked."""
+    with NamespaceSet.unshare(Kind.MNT) as s:
+        assert pool.run_sync(s, int) == 0
+        assert pool.stats().discarded == 0
+        pool.run_sync(s, _sys.unshare, 0x400)
+        assert pool.stats().discarded == 1
+
+
+# -- 4: sniffio ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_run_callable_sees_no_async_library(pool: Workers) -> None:
+    def library() -> str | None:
+        try:
+            return sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            return None
+
+    with NamespaceSet.unshare(Kind.UTS) as s:
+        assert await aio.run_in(pool, s, library) is None
+
+
+# -- 6: a drainer that cannot settle ----------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_drainer_that_cannot_settle_fails_the_jobs(
+    pool: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mocked: the new drainer's settling fails with EMFILE (as with a
+    lowered RLIMIT_NOFILE). The awaiting job gets the error instead of
+    hanging, and later awaits on the set work."""
+    real = workers._Worker._settle
+    failures = [1]
+
+    def settle(self: workers._Worker) -> None:
+        if failures:
+            failures.pop()
+            raise OSError(errno.EMFILE, "Too many open files")
+        real(self)
+
+    monkeypatch.setattr(workers._Worker, "_settle", settle)
+    with NamespaceSet.unshare(Kind.UTS) as s:
+        with anyio.fail_after(10), pytest.raises(OSError, match="Too many") as info:
+            await aio.run_in(pool, s, int)
+        assert info.value.errno == errno.EMFILE
+        with anyio.fail_after(10):
+            assert await aio.run_in(pool, s, int) == 0
+
+
+# -- 7: fork --------------------------------------------------------------------------
+
+_FORK_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from nspool import Kind, NamespaceSet, Workers, workers
+    mine = Workers()
+    with NamespaceSet.unshare(Kind.UTS) as s:
+        assert s.run_sync(int) == 0
+        assert mine.run_sync(s, int) == 0
+        pid = os.fork()
+        if pid == 0:
+            try:
+                assert s.run_sync(lambda: 7) == 7
+                try:
+                    mine.run_sync(s, int)
+                except workers.WorkersForkedError:
+                    pass
+                else:
+                    os._exit(3)
+                os._exit(0)
+            except BaseException as exc:
+                print(repr(exc), file=sys.stderr)
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert s.run_sync(int) == 0
+        mine.shutdown()
+        sys.exit(os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_fork_child_gets_fresh_default_workers_or_an_error() -> None:
+    """After os.fork() with workers running, the child's s.run_sync runs on
+    fresh threads, and a Workers of the parent refuses at once."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORK_CHILD], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr

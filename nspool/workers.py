@@ -796,6 +796,7 @@ class _Worker:
         updated to where the thread must be afterwards."""
         ids = s._ids_of_acquired()
         here = self.here
+        entered: list[Kind] = []
         for kind, fd in s._order:
             want = ids[kind]
             if kind is not Kind.USER:
@@ -815,6 +816,28 @@ class _Worker:
                 self.own_fs = True
             _setns()(fd, kind)
             here[kind] = want
+            if kind is not Kind.USER:
+                entered.append(kind)
+        if entered:
+            self._check_entered(s, entered, ids)
+
+    def _check_entered(self, s: NamespaceSet, entered: list[Kind], ids: dict[Kind, int]) -> None:
+        """The thread is in the set's namespaces (ids compared) before the
+        callable starts: a set's fd number may have been closed and reused
+        for another namespace behind its back. Raises ``NamespaceError``
+        (the caller then discards the thread)."""
+        assert self.links is not None
+        actual = self.links.read(entered)
+        for kind in entered:
+            if actual[kind] != ids[kind]:
+                raise NamespaceError(
+                    errno.ESTALE,
+                    syscall="setns",
+                    kind=kind,
+                    detail=f"the set's {kind} fd {s._fds.get(kind)} now refers to "
+                    f"{kind} namespace {actual[kind]}, not {ids[kind]}: was it closed "
+                    "and its number reused? Do not close a set's fds; use s.dup()",
+                )
 
     def _call(self, call: _Call) -> None:
         call.ran = True

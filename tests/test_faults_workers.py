@@ -22,7 +22,7 @@ import anyio
 import pytest
 import sniffio
 
-from nspool import Kind, NamespaceSet, Workers, _sys, aio, workers
+from nspool import Kind, NamespaceError, NamespaceSet, Workers, _sys, aio, workers
 
 from .conftest import wait_until
 
@@ -208,3 +208,24 @@ def test_fork_child_gets_fresh_default_workers_or_an_error() -> None:
         [sys.executable, "-c", _FORK_CHILD], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
+
+
+# -- 2: a set's fd number reused ------------------------------------------------------
+
+
+def test_set_whose_fd_number_was_reused_is_not_entered(pool: Workers) -> None:
+    """A callable closes its set's net fd and another set's fd takes the
+    number: the next call in the first set raises instead of running in the
+    second set's netns."""
+    with NamespaceSet.unshare(Kind.NET) as a, NamespaceSet.unshare(Kind.NET) as b:
+        a_fd = a._fds[Kind.NET]
+        assert (
+            pool.run_sync(a, os.readlink, "/proc/thread-self/ns/net") == f"net:[{a.id(Kind.NET)}]"
+        )
+        pool.run_sync(a, os.dup2, b._fds[Kind.NET], a_fd)  # close a's fd, reuse the number
+        with pytest.raises(NamespaceError, match="reused"):
+            pool.run_sync(a, os.readlink, "/proc/thread-self/ns/net")
+        with NamespaceSet.unshare(Kind.UTS) as other:
+            assert pool.run_sync(other, os.readlink, "/proc/thread-self/ns/net") == (
+                os.readlink("/proc/thread-self/ns/net")
+            )

@@ -140,6 +140,9 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 _worker_numbers = itertools.count(1)
+#: The process's home namespaces, opened once at import (normally on the
+#: main thread, before any set is entered): the default executor's home.
+_PROCESS_HOME: dict[Kind, int] = {k: _open_thread_ns(k) for k in _CHECKED}
 #: ``on`` in a worker thread found with its own fs or fd table.
 _tainted = threading.local()
 
@@ -303,7 +306,9 @@ class _Home:
     Owned by the ``Workers`` and closed when its last thread is gone.
     """
 
-    def __init__(self, use_anchor: bool, *, spawner: bool = True) -> None:
+    def __init__(
+        self, use_anchor: bool, *, spawner: bool = True, process_home: bool = False
+    ) -> None:
         self._users = 1
         self._users_lock = threading.Lock()
         #: The task a worker's fs and fd table are compared with (``kcmp``):
@@ -319,7 +324,9 @@ class _Home:
         )
         try:
             for kind in _CHECKED:
-                self.fds[kind] = _open_thread_ns(kind)
+                self.fds[kind] = (
+                    os.dup(_PROCESS_HOME[kind]) if process_home else _open_thread_ns(kind)
+                )
             #: Whether a thread that left home can ``setns`` back. Not in
             #: rootless mode: home then belongs to an ancestor user namespace,
             #: in which this process has no capabilities.
@@ -340,7 +347,14 @@ class _Home:
             # A forced return sets pid_for_children to the anchor's own pid
             # namespace: usable only if home's pid_for_children is that one.
             own_pid = os.stat(os.path.join(_THREAD_NS_DIR, "pid")).st_ino
-            if use_anchor and own_pid == os.fstat(self.fds[Kind.PID]).st_ino:
+            # The anchor starts where this thread is: only if that is home
+            # (the default executor may be first reached from inside a set).
+            at_home = all(
+                os.stat(os.path.join(_THREAD_NS_DIR, k.for_children_name)).st_ino
+                == os.fstat(self.fds[k]).st_ino
+                for k in _CHECKED
+            )
+            if use_anchor and at_home and own_pid == os.fstat(self.fds[Kind.PID]).st_ino:
                 self._start_anchor()
             #: Whether every thread is started by the spawner (rootless).
             self.always_spawn = self._spawner is not None
@@ -1037,7 +1051,11 @@ class Workers(Executor):
     """
 
     def __init__(
-        self, max_workers: int = MAX_WORKERS, *, same_cpu: bool | Literal["auto"] = "auto"
+        self,
+        max_workers: int = MAX_WORKERS,
+        *,
+        same_cpu: bool | Literal["auto"] = "auto",
+        _process_home: bool = False,
     ) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
@@ -1048,7 +1066,7 @@ class Workers(Executor):
         # The CPUs an unpinned worker may use: the creator's, as a new
         # thread would inherit them.
         self._cpus = os.sched_getaffinity(0)
-        self._home = _Home(USE_HOME_ANCHOR)
+        self._home = _Home(USE_HOME_ANCHOR, process_home=_process_home)
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         # Rootless mode only: idle workers in limbo, by the kinds they left.
@@ -1524,9 +1542,11 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def default_workers() -> Workers:
     """The process-wide ``Workers`` used when none is given; created on first
-    use, with its home in the namespaces of the thread that first asks."""
+    use, with its home in the process's home namespaces (those of the thread
+    that imported nspool), however it is first reached: even from a
+    thread inside a set (``call_inline``, a callable on a worker)."""
     global _default
     with _default_lock:
         if _default is None or _default._shutdown:
-            _default = Workers()
+            _default = Workers(_process_home=True)
         return _default

@@ -229,3 +229,24 @@ def test_set_whose_fd_number_was_reused_is_not_entered(pool: Workers) -> None:
             assert pool.run_sync(other, os.readlink, "/proc/thread-self/ns/net") == (
                 os.readlink("/proc/thread-self/ns/net")
             )
+
+
+# -- 3: the default executor's home ----------------------------------------------------
+
+
+def test_default_workers_first_reached_inside_a_set_keep_the_process_home(
+    fresh_default: None,
+) -> None:
+    """The default Workers first made from inside a netns set (call_inline)
+    still has the process's home: later calls in a UTS-only set and plain
+    submits run in the home netns, and the set's netns dies with the set."""
+    with workers._default_lock:
+        old, workers._default = workers._default, None
+    if old is not None:
+        old.shutdown(wait=True)
+    home_net = os.readlink("/proc/thread-self/ns/net")
+    net_of = lambda: os.readlink("/proc/thread-self/ns/net")  # noqa: E731
+    with NamespaceSet.unshare(Kind.NET) as a, NamespaceSet.unshare(Kind.UTS) as u:
+        assert a.call_inline(lambda: u.run_sync(net_of)) == home_net
+        assert u.run_sync(net_of) == home_net
+        assert workers.default_workers().submit(net_of).result(timeout=10) == home_net

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import functools
 import os
 import socket
@@ -34,6 +35,7 @@ import anyio.to_thread
 import sniffio
 
 from . import _sys
+from .errors import UnsupportedKindError
 from .kinds import SETNS_ORDER, Kind
 from .nsset import NamespaceSet
 from .pool import Pool
@@ -271,8 +273,16 @@ def socket_in(
 ) -> socket.socket:
     """A non-blocking socket that lives in ``s``'s netns, made on the
     calling thread (a ``setns`` into the netns and back: microseconds, no
-    thread hop). Usable from the event loop like any socket."""
-    sock = s._call_in_netns(socket.socket, family, type, proto)
+    thread hop). Usable from the event loop like any socket. In rootless
+    mode, where the calling thread could not come back, a worker makes it."""
+    try:
+        sock = s._call_in_netns(socket.socket, family, type, proto)
+    except UnsupportedKindError as exc:
+        if exc.errno != errno.EPERM:
+            raise
+        # The calling thread could not come back (rootless mode): a worker,
+        # which never has to, makes the socket instead (a thread hop).
+        sock = default_workers().run_sync(s, socket.socket, family, type, proto)
     sock.setblocking(False)
     return sock
 

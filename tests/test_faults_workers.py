@@ -250,3 +250,56 @@ def test_default_workers_first_reached_inside_a_set_keep_the_process_home(
         assert a.call_inline(lambda: u.run_sync(net_of)) == home_net
         assert u.run_sync(net_of) == home_net
         assert workers.default_workers().submit(net_of).result(timeout=10) == home_net
+
+
+# -- 17: sockets in rootless mode --------------------------------------------------------
+
+_ROOTLESS_SOCKETS = textwrap.dedent(
+    """
+    import socket, sys
+    import anyio
+    import nspool
+    from nspool import Kind, NamespaceSet
+
+    SO_NETNS_COOKIE = 71
+    nspool.enter_user_namespace()
+
+    def cookie(sock):
+        return sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+
+    async def main():
+        with NamespaceSet.unshare(Kind.NET) as s:
+            def up_and_cookie():
+                import subprocess
+                subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+                with socket.socket() as probe:
+                    return cookie(probe)
+            inside = s.run_sync(up_and_cookie)
+            sock = await s.socket()
+            with sock:
+                assert cookie(sock) == inside
+            listener = await s.create_tcp_listener("127.0.0.1")
+            async with listener:
+                port = listener.extra(anyio.abc.SocketAttribute.local_port)
+                stream = await s.connect_tcp("127.0.0.1", port)
+                await stream.aclose()
+        print("ok")
+
+    anyio.run(main)
+    """
+)
+
+
+def test_rootless_sockets_are_made_on_a_worker() -> None:
+    """In rootless mode s.socket(), s.create_tcp_listener() and
+    s.connect_tcp() work (the socket is made on a worker) instead of
+    raising UnsupportedKindError."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _ROOTLESS_SOCKETS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -19,6 +19,7 @@ import asyncio
 import contextvars
 import errno
 import functools
+import ipaddress
 import os
 import socket
 import subprocess
@@ -35,9 +36,9 @@ import anyio.to_thread
 import sniffio
 
 from . import _sys
-from .errors import UnsupportedKindError
+from .errors import UnsupportedKindError, from_errno
 from .kinds import SETNS_ORDER, Kind
-from .nsset import NamespaceSet
+from .nsset import NamespaceSet, dup_fds, fork_error
 from .pool import Pool
 from .workers import Job, Workers, default_workers
 
@@ -321,7 +322,24 @@ async def connect_tcp_in(s: NamespaceSet, host: str, port: int) -> anyio.abc.Soc
         except BaseException:
             sock.close()
             raise
+    if error is not None and error.errno == errno.ENETUNREACH and _is_loopback(infos):
+        raise from_errno(
+            errno.ENETUNREACH,
+            syscall="connect",
+            kind=Kind.NET,
+            path=f"{host}:{port}",
+            detail="lo is down in this set; hint: make it with "
+            "NamespaceSet.unshare(..., loopback=True), or run nspool.net.loopback_up in it",
+        ) from error
     raise error if error is not None else OSError(f"no address for {host}:{port}")
+
+
+def _is_loopback(infos: Sequence[tuple[Any, ...]]) -> bool:
+    """Whether every address ``getaddrinfo`` gave is a loopback one."""
+    try:
+        return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+    except ValueError:
+        return False
 
 
 async def create_tcp_listener_in(
@@ -574,7 +592,7 @@ async def open_process_in(
     if beyond:
         inner = s.dup(Kind.PID) if Kind.PID in s.kinds else None
         try:
-            own = {k: os.dup(fd) for k, fd in s.fds(s.kinds & ~Kind.PID).items()}
+            own = dup_fds(s.fds(s.kinds & ~Kind.PID))
         except BaseException:
             if inner is not None:
                 inner.close()
@@ -590,14 +608,20 @@ async def open_process_in(
         popen_options["pass_fds"] = (*popen_options.get("pass_fds", ()), *own.values())
 
     def start() -> tuple[subprocess.Popen[bytes], int]:
-        popen = subprocess.Popen(
-            args,
-            shell=shell,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            **popen_options,
-        )
+        try:
+            popen = subprocess.Popen(
+                args,
+                shell=shell,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                **popen_options,
+            )
+        except OSError as exc:
+            ended = fork_error(s, exc)  # ENOMEM: the set's pid namespace has ended
+            if ended is exc:
+                raise
+            raise ended from exc
         try:
             # The child is ours and unreaped, so its pid cannot be reused yet.
             return popen, _sys.pidfd_open(popen.pid)

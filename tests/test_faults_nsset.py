@@ -427,11 +427,6 @@ with NamespaceSet.unshare(Kind.NET | Kind.UTS) as s:
     )
 
 
-@pytest.mark.xfail(
-    reason="the leaking dict comprehension is in nspool/aio.py open_process_in "
-    "(own = {k: os.dup(fd) ...}); it must call nsset.dup_fds",
-    strict=False,
-)
 @pytest.mark.parametrize("kinds", ["USER | Kind.NET", "TIME | Kind.NET"])
 def test_open_process_emfile_leaks_no_namespace_fd(kinds: str) -> None:
     run_script(

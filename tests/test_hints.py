@@ -116,3 +116,11 @@ def test_run_sync_off_the_loop_does_not_warn(
 
         assert anyio.run(from_a_thread) == 0
     assert not nsset._warned_blocking
+
+
+@pytest.mark.anyio
+async def test_connect_to_loopback_with_lo_down_says_so(fresh_default: None) -> None:
+    with NamespaceSet.unshare(Kind.NET) as s:
+        with pytest.raises(OSError, match="lo is down in this set") as info:
+            await s.connect_tcp("127.0.0.1", 9)
+        assert info.value.errno == errno.ENETUNREACH

@@ -1057,6 +1057,8 @@ class Workers(Executor):
         same_cpu: bool | Literal["auto"] = "auto",
         _process_home: bool = False,
     ) -> None:
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool):
+            raise TypeError(f"max_workers must be an int, not {max_workers!r}")
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         if same_cpu not in (True, False, "auto"):

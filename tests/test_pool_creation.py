@@ -414,3 +414,11 @@ def test_bad_arguments_are_refused_at_the_constructor(
     with pytest.raises(error):
         Pool(Kind.NET, **kwargs)  # type: ignore[arg-type]
     assert threading.active_count() == threads
+
+
+@pytest.mark.parametrize("bad", [None, "3", 2.5, True])
+def test_workers_refuse_a_max_workers_that_is_not_an_int(bad: object) -> None:
+    threads = threading.active_count()
+    with pytest.raises(TypeError, match="max_workers"):
+        Workers(bad)  # type: ignore[arg-type]
+    assert threading.active_count() == threads

@@ -39,7 +39,10 @@ def pytest_unconfigure(config):
             link = os.readlink(f"/proc/self/fd/{fd}")
         except FileNotFoundError:  # the listing's own fd
             continue
-        if link.startswith(("net:[", "uts:[", "ipc:[", "mnt:[")):
+        # The process's own namespaces are held for good (nspool.workers
+        # opens home at import); only others would be a set left open.
+        own = {os.readlink(f"/proc/self/ns/{k}") for k in ("net", "uts", "ipc", "mnt")}
+        if link.startswith(("net:[", "uts:[", "ipc:[", "mnt:[")) and link not in own:
             namespaces.append(link)
     with open(os.environ["NSPOOL_LEFTOVERS"], "w") as f:
         f.write(f"threads={threads} children={children} namespaces={namespaces}")

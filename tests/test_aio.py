@@ -135,10 +135,11 @@ async def test_cancellation_storm(pool_workers: Workers) -> None:
 
 async def test_pool_run_and_lease(pool_workers: Workers) -> None:
     """async with pool; await pool.run(fn) runs each call in a fresh set;
-    async with pool.lease() holds one set for several calls."""
+    async with pool.lease() holds one set for several calls. Fresh sets are
+    told apart by netns cookie: a freed netns's inode is reused at once."""
     async with Pool(Kind.NET, warm=4, workers=pool_workers) as pool:
-        a = await pool.run(thread_ns, "net")
-        b = await pool.run(thread_ns, "net")
+        a = await pool.run(netns_cookie)
+        b = await pool.run(netns_cookie)
         assert a != b
         async with pool.lease() as s:
             first = await aio.run_in(pool_workers, s, thread_ns, "net")

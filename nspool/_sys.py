@@ -300,40 +300,13 @@ def nstype(fd: int, *, path: str | None = None) -> Kind:
 def open_ns(path: str, kind: Kind, *, dir_fd: int | None = None, pid: int | None = None) -> int:
     """Open the namespace file ``path`` close-on-exec, and check that it is a
     namespace of ``kind``. Returns the fd; on any failure nothing stays open.
+    The open never blocks (see :func:`open_ns_nonblocking`, which does it).
 
     Raises :class:`NamespaceNotFoundError` (no such file),
     :class:`NotANamespaceError` (a file, but no namespace) or
     :class:`KindMismatchError` (a namespace of another kind).
     """
-    shown = path if dir_fd is None else f"{_fd_path(dir_fd)}/{path}"
-    try:
-        fd = _retry(lambda: os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd))
-    except OSError as exc:
-        raise from_errno(
-            exc.errno or errno.EIO, syscall="open", kind=kind, path=shown, pid=pid
-        ) from exc
-    try:
-        actual = nstype(fd, path=shown)
-        if actual != kind:
-            raise KindMismatchError(
-                errno.EINVAL,
-                syscall="open",
-                kind=kind,
-                path=shown,
-                pid=pid,
-                detail=f"is a {actual} namespace, not {kind}",
-            )
-    except NamespaceError as exc:
-        os.close(fd)
-        if exc.pid is None and pid is not None:
-            exc.pid = pid
-        if exc.kind is None:
-            exc.kind = str(kind)
-        raise
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return open_ns_nonblocking(path, kind, dir_fd=dir_fd, pid=pid)[0]
 
 
 def _fd_path(fd: int) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
-import functools
 import ipaddress
 import os
 import socket
@@ -36,24 +35,26 @@ import anyio.to_thread
 import sniffio
 
 from . import _sys
-from .errors import UnsupportedKindError, from_errno
+from ._handle import HasHandle, dup_fds, fork_error
+from ._thread_ns import call_inline
+from .errors import KindError, UnsupportedKindError, from_errno
 from .kinds import SETNS_ORDER, Kind
-from .nsset import NamespaceSet, dup_fds, fork_error
-from .pool import Pool
 from .workers import Job, Workers, default_workers
 
 __all__ = [
     "Command",
     "NamespaceProcess",
     "ProcessOptions",
+    "call_in_netns",
     "connect_tcp_in",
     "create_tcp_listener_in",
+    "no_async_library",
     "open_process_in",
-    "pool_run",
     "resolve_in",
     "run_in",
     "run_process_in",
     "socket_in",
+    "wait_done",
 ]
 
 _P = ParamSpec("_P")
@@ -123,7 +124,7 @@ def _inbox(library: str) -> _Inbox:
     raise RuntimeError(f"nspool's async front end does not support {library}")
 
 
-async def _wait_done(future: Future[Any], on_abandon: Callable[[], None] | None) -> None:
+async def wait_done(future: Future[Any], on_abandon: Callable[[], None] | None) -> None:
     """Wait until ``future`` is done without blocking the loop. If the wait
     is cancelled, the call is withdrawn if still queued (``future`` then
     reports cancelled); otherwise ``on_abandon`` runs once it finishes (on
@@ -152,7 +153,7 @@ async def _wait_done(future: Future[Any], on_abandon: Callable[[], None] | None)
         raise
 
 
-def _no_async_library(context: contextvars.Context) -> None:
+def no_async_library(context: contextvars.Context) -> None:
     """Clear sniffio's marker in a call's copied context, as
     ``anyio.to_thread.run_sync`` does: the callable runs on a worker
     thread, where no event loop is running."""
@@ -161,7 +162,7 @@ def _no_async_library(context: contextvars.Context) -> None:
 
 async def run_in(
     workers: Workers | None,
-    s: NamespaceSet,
+    s: HasHandle,
     fn: Callable[_P, _T],
     /,
     *args: _P.args,
@@ -190,7 +191,7 @@ async def run_in(
                 waiter.set_result(None)
 
         job = Job(fn, args, kwargs, lambda _job: inbox.deliver(wake))
-        _no_async_library(job.context)
+        no_async_library(job.context)
         executor.submit_job(s, job)
         try:
             await waiter
@@ -200,7 +201,7 @@ async def run_in(
     else:
         event = anyio.Event()
         job = Job(fn, args, kwargs, lambda _job: inbox.deliver(event.set))
-        _no_async_library(job.context)
+        no_async_library(job.context)
         executor.submit_job(s, job)
         try:
             await event.wait()
@@ -218,56 +219,11 @@ async def run_in(
     return result
 
 
-async def pool_take(pool: Pool) -> NamespaceSet:
-    """A set from ``pool`` without blocking the loop: a ready one at once,
-    else one made on a thread (a miss)."""
-    s = pool._take_ready()
-    if s is not None:
-        return s
-    return await anyio.to_thread.run_sync(pool.get)
-
-
-async def pool_give_back(pool: Pool, s: NamespaceSet) -> None:
-    """``pool.put(s)`` without blocking the loop (a recycle runs on a
-    thread), shielded: the set is given back even if the task is cancelled."""
-    with anyio.CancelScope(shield=True):
-        if pool._recycle is None:
-            pool.put(s)
-        else:
-            await anyio.to_thread.run_sync(pool.put, s)
-
-
-async def pool_run(pool: Pool, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Await ``fn`` in a fresh set from ``pool``; the set is given back
-    after (thrown away unless recycled).
-
-    Cancellation: as :func:`run_in`; a set whose call was abandoned while
-    running is thrown away when the call finishes, never reused.
-    """
-    s = await pool_take(pool)
-    executor = pool._workers_or_default()
-    try:
-        context = contextvars.copy_context()
-        _no_async_library(context)
-        future = executor.submit_in(s, functools.partial(context.run, fn, *args, **kwargs))
-    except BaseException:
-        await pool_give_back(pool, s)
-        raise
-    try:
-        await _wait_done(future, lambda: pool._drop(s))
-    except BaseException:
-        if future.cancelled():  # withdrawn before it ran: the set is untouched
-            await pool_give_back(pool, s)
-        raise  # else the abandoned call's set is dropped when it finishes
-    await pool_give_back(pool, s)
-    return future.result()
-
-
 # -- network ------------------------------------------------------------------------
 
 
 def socket_in(
-    s: NamespaceSet,
+    s: HasHandle,
     family: int = socket.AF_INET,
     type: int = socket.SOCK_STREAM,
     proto: int = 0,
@@ -277,7 +233,7 @@ def socket_in(
     thread hop). Usable from the event loop like any socket. In rootless
     mode, where the calling thread could not come back, a worker makes it."""
     try:
-        sock = s._call_in_netns(socket.socket, family, type, proto)
+        sock = call_in_netns(s, socket.socket, family, type, proto)
     except UnsupportedKindError as exc:
         if exc.errno != errno.EPERM:
             raise
@@ -288,8 +244,22 @@ def socket_in(
     return sock
 
 
+def call_in_netns(s: HasHandle, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """``fn`` on the calling thread inside ``s``'s netns only (the other
+    kinds untouched), e.g. to make a socket there. A socket belongs to the
+    netns it was made in, whatever thread uses it later."""
+    if not s.handle.bits & int(Kind.NET):
+        raise KindError(
+            errno.EINVAL,
+            syscall="socket",
+            kind=Kind.NET,
+            detail=f"the set holds no network namespace ({s.handle.kinds})",
+        )
+    return call_inline(s, Kind.NET, fn, *args, **kwargs)
+
+
 async def resolve_in(
-    s: NamespaceSet, host: str | None, port: int | str | None, *, type: int, flags: int = 0
+    s: HasHandle, host: str | None, port: int | str | None, *, type: int, flags: int = 0
 ) -> list[tuple[Any, ...]]:
     """``getaddrinfo`` on a worker inside ``s``: the resolver's files and
     sockets are those of the set (asyncio's and anyio's ``getaddrinfo`` run
@@ -300,7 +270,7 @@ async def resolve_in(
     return infos
 
 
-async def connect_tcp_in(s: NamespaceSet, host: str, port: int) -> anyio.abc.SocketStream:
+async def connect_tcp_in(s: HasHandle, host: str, port: int) -> anyio.abc.SocketStream:
     """An anyio stream connected to ``host:port`` from ``s``'s netns; the
     name is resolved inside the set, each address tried in turn."""
     infos = await resolve_in(s, host, port, type=socket.SOCK_STREAM)
@@ -343,7 +313,7 @@ def _is_loopback(infos: Sequence[tuple[Any, ...]]) -> bool:
 
 
 async def create_tcp_listener_in(
-    s: NamespaceSet,
+    s: HasHandle,
     local_host: str | None = None,
     local_port: int = 0,
     *,
@@ -548,7 +518,7 @@ class ProcessOptions(TypedDict, total=False):
 
 
 async def open_process_in(
-    s: NamespaceSet,
+    s: HasHandle,
     command: Command,
     *,
     stdin: int | IO[Any] | None = subprocess.PIPE,
@@ -583,19 +553,21 @@ async def open_process_in(
     # user namespace owns: then the process joins the set itself, user
     # first, before exec; the worker joins only the pid namespace (a
     # process's own setns into one would reach only its children).
-    beyond = any(
-        k in s.kinds and s.id(k) != executor._home.ids.get(k, s.id(k))
-        for k in (Kind.USER, Kind.TIME)
-    )
-    inner: NamespaceSet | None = s
+    h = s.handle
+    with h.borrow():
+        ids = dict(h.ids_of_acquired())
+    home_ids = executor.home_ids
+    beyond = any(k in ids and ids[k] != home_ids.get(k, ids[k]) for k in (Kind.USER, Kind.TIME))
+    inner: HasHandle | None = s
     own: dict[Kind, int] = {}
     if beyond:
-        inner = s.dup(Kind.PID) if Kind.PID in s.kinds else None
+        inner = h.dup(Kind.PID) if Kind.PID in ids else None
         try:
-            own = dup_fds(s.fds(s.kinds & ~Kind.PID))
+            with h.borrow(h.kinds & ~Kind.PID) as fds:
+                own = dup_fds(fds)
         except BaseException:
             if inner is not None:
-                inner.close()
+                inner.handle.close()
             raise
         argv = ["/bin/sh", "-c", os.fsdecode(args)] if shell else [os.fspath(a) for a in args]
         order = [k for k in SETNS_ORDER if k in own]
@@ -618,7 +590,7 @@ async def open_process_in(
                 **popen_options,
             )
         except OSError as exc:
-            ended = fork_error(s, exc)  # ENOMEM: the set's pid namespace has ended
+            ended = fork_error(h, exc)  # ENOMEM: the set's pid namespace has ended
             if ended is exc:
                 raise
             raise ended from exc
@@ -648,7 +620,7 @@ async def open_process_in(
         # The child has its own copies once started (or never starts): ours
         # close when the call is done, even if this wait is cancelled.
         future.add_done_callback(lambda _f: _close_all(inner, own))
-    await _wait_done(future, lambda: None if future.exception() else discard(future.result()))
+    await wait_done(future, lambda: None if future.exception() else discard(future.result()))
     popen, pidfd = future.result()
     return NamespaceProcess(popen, pidfd)
 
@@ -677,9 +649,9 @@ except OSError as exc:
 """
 
 
-def _close_all(inner: NamespaceSet | None, own: Mapping[Kind, int]) -> None:
+def _close_all(inner: HasHandle | None, own: Mapping[Kind, int]) -> None:
     if inner is not None:
-        inner.close()
+        inner.handle.close()
     for fd in own.values():
         os.close(fd)
 
@@ -691,7 +663,7 @@ def _close_popen_pipes(popen: subprocess.Popen[bytes]) -> None:
 
 
 async def run_process_in(
-    s: NamespaceSet,
+    s: HasHandle,
     command: Command,
     *,
     input: bytes | None = None,

@@ -44,8 +44,9 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 from . import _sys
+from ._thread_ns import enter
 from .kinds import SETNS_ORDER, Kind
-from .nsset import NamespaceSet, enter
+from .nsset import NamespaceSet
 
 __all__ = ["DoctorReport", "KindReport", "build_parser", "doctor", "main", "probe", "render"]
 

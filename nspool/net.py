@@ -15,18 +15,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import importlib
 import ipaddress
-import socket
-import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._loopback import loopback_up
 from .errors import from_errno
 from .kinds import Kind
-
-if TYPE_CHECKING:
-    from .nsset import NamespaceSet
+from .nsset import NamespaceSet
 
 __all__ = ["DEFAULT_ADDRESSES", "DEFAULT_NAMES", "Veth", "loopback_up", "veth"]
 
@@ -36,28 +32,6 @@ DEFAULT_ADDRESSES = ("10.200.0.1/30", "10.200.0.2/30")
 DEFAULT_NAMES = ("veth0", "veth1")
 #: The longest interface name the kernel takes (``IFNAMSIZ`` - 1).
 IFNAME_MAX = 15
-
-# <linux/sockios.h>, <net/if.h>
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
-_IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, ifr_flags, rest of the union
-
-
-def loopback_up() -> None:
-    """Bring ``lo`` up in the calling thread's netns (an ioctl, no
-    subprocess). A fresh netns has ``lo`` down: nothing can connect to
-    127.0.0.1 until it is up."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            raw = fcntl.ioctl(sock, SIOCGIFFLAGS, _IFREQ.pack(b"lo", 0))
-            flags = _IFREQ.unpack(raw)[1]
-            if not flags & IFF_UP:
-                fcntl.ioctl(sock, SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | IFF_UP))
-    except OSError as exc:
-        raise from_errno(
-            exc.errno or errno.EIO, syscall="ioctl(SIOCSIFFLAGS)", kind=Kind.NET, path="lo"
-        ) from exc
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import errno
+import functools
 import logging
 import os
 import resource
@@ -53,12 +55,15 @@ import anyio.to_thread
 
 from . import _sys
 from ._creator_proc import PROCESS_KINDS, CreatorLostError, CreatorProcess
+from ._handle import close_fds
 from ._options import SetOptions, UnshareOptions
+from ._thread_ns import CHECKED, THREAD_NS_DIR, ThreadLinks, run_as_current
+from .aio import no_async_library, wait_done
 from .errors import NamespaceError, PoolClosedError
 from .kinds import Kind
 from .net import loopback_up
-from .nsset import _THREAD_NS_DIR, KindsArg, NamespaceSet, _close_fds, _run_hook
-from .workers import _CHECKED, Workers, _Home, _ThreadLinks, default_workers
+from .nsset import KindsArg, NamespaceSet
+from .workers import Workers, _Home, default_workers
 
 __all__ = [
     "BACKOFF_MAX",
@@ -150,11 +155,11 @@ class _Creator:
         # The same means a worker has: its home's fds and ids, and a reader
         # of its own links.
         self.home: _Home | None = None
-        self.links: _ThreadLinks | None = None
+        self.links: ThreadLinks | None = None
         if not self.in_place:
             return
         self.home = _Home(use_anchor=False, spawner=False)
-        self.links = _ThreadLinks()
+        self.links = ThreadLinks()
 
     def make(
         self, kinds: Kind, hook: Callable[[NamespaceSet], object] | None, options: SetOptions
@@ -165,16 +170,16 @@ class _Creator:
             _sys.unshare(kinds)
             options.apply_on_thread(kinds)
             for kind in kinds.singles():
-                path = os.path.join(_THREAD_NS_DIR, kind.proc_name)
+                path = os.path.join(THREAD_NS_DIR, kind.proc_name)
                 fds[kind] = _sys.open_ns(path, kind)
             s = NamespaceSet(fds)
             if hook is not None:
-                _run_hook(s, hook)
+                run_as_current(s, hook, s)
         except BaseException:
             if s is not None:
                 s.close()
             else:
-                _close_fds(fds.values())
+                close_fds(fds.values())
             self._try_home(kinds)
             raise
         self._try_home(kinds)
@@ -201,7 +206,7 @@ class _Creator:
         try:
             for kind in kinds.singles():
                 _sys.setns(back[kind], kind)
-            for kind, ino in self.links.read(_CHECKED).items():
+            for kind, ino in self.links.read(CHECKED).items():
                 if ino != (back_ids[kind] if kind in kinds else home.ids[kind]):
                     raise _Stranded(f"still in another {kind} namespace after going home")
         except OSError as exc:
@@ -236,19 +241,15 @@ class Lease:
     async def __aenter__(self) -> NamespaceSet:
         """Take a set without blocking the event loop (a miss is made on a
         thread)."""
-        from .aio import pool_take
-
         if self._set is not None:
             raise RuntimeError("a Lease is entered once")
-        self._set = await pool_take(self._pool)
+        self._set = await self._pool._take_async()
         return self._set
 
     async def __aexit__(self, *exc_info: object) -> None:
-        from .aio import pool_give_back
-
         s, self._set = self._set, None
         if s is not None:
-            await pool_give_back(self._pool, s)
+            await self._pool._give_back_async(s)
 
 
 def net_state() -> tuple[object, ...]:
@@ -593,17 +594,48 @@ class Pool:
 
     async def run(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Await ``fn(*args, **kwargs)`` on a worker inside a fresh set,
-        then give the set back; asyncio or Trio. See
-        :func:`nspool.aio.pool_run`.
+        then give the set back (thrown away unless recycled); asyncio or
+        Trio.
 
         Cancellation: the awaiting task is cancelled at once; a callable
         already running finishes in the background and its set is thrown
-        away, never reused.
+        away when it does, never reused.
         """
-        # The async front end is the next layer down; looked up at call time.
-        from .aio import pool_run
+        s = await self._take_async()
+        executor = self._workers_or_default()
+        try:
+            context = contextvars.copy_context()
+            no_async_library(context)
+            future = executor.submit_in(s, functools.partial(context.run, fn, *args, **kwargs))
+        except BaseException:
+            await self._give_back_async(s)
+            raise
+        try:
+            await wait_done(future, lambda: self._drop(s))
+        except BaseException:
+            if future.cancelled():  # withdrawn before it ran: the set is untouched
+                await self._give_back_async(s)
+            raise  # else the abandoned call's set is dropped when it finishes
+        await self._give_back_async(s)
+        return future.result()
 
-        return await pool_run(self, fn, *args, **kwargs)
+    async def _take_async(self) -> NamespaceSet:
+        """A set without blocking the loop: a ready one at once, else one
+        made on a thread (a miss)."""
+        s = self._take_ready()
+        if s is not None:
+            return s
+        return await anyio.to_thread.run_sync(self.get)
+
+    async def _give_back_async(self, s: NamespaceSet) -> None:
+        """:meth:`put` without blocking the loop (a recycle runs on a
+        thread), shielded: the set is given back even if the task is
+        cancelled."""
+        with anyio.CancelScope(shield=True):
+            if self._recycle is None:
+                self.put(s)
+            else:
+                await anyio.to_thread.run_sync(self.put, s)
 
     # -- taking sets ------------------------------------------------------------------
 
@@ -1008,7 +1040,7 @@ class Pool:
         s = NamespaceSet(fds)
         if self._user_hook is not None:
             try:
-                self._workers_or_default().run_sync(s, _run_hook, s, self._user_hook)
+                self._workers_or_default().run_sync(s, self._user_hook, s)
             except BaseException as exc:
                 s.close()
                 self._record_failure(exc)

@@ -48,7 +48,6 @@ import collections
 import contextlib
 import contextvars
 import copy
-import ctypes
 import errno
 import itertools
 import logging
@@ -62,9 +61,28 @@ from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from . import _sys
-from .errors import NamespaceError, SetClosedError, UnsupportedKindError
-from .kinds import SETNS_ORDER, Kind
-from .nsset import _THREAD_NS_DIR, NamespaceSet, _close_fds, _open_thread_ns, _thread
+from ._create import create
+from ._handle import HasHandle, SetHandle, close_fds
+from ._thread_ns import (
+    CHECKED,
+    FORCED,
+    FORCED_BITS,
+    FORCED_WITH_MNT,
+    FORCED_WITH_MNT_BITS,
+    HOME_CHECKED,
+    HOME_ORDER,
+    MNT_BITS,
+    THREAD_NS_DIR,
+    UNJOINABLE,
+    ThreadLinks,
+    checked_after,
+    open_thread_ns,
+    same_file,
+    setns_for,
+    thread,
+)
+from .errors import NamespaceError, UnsupportedKindError
+from .kinds import Kind
 
 __all__ = [
     "IDLE_TIMEOUT",
@@ -94,35 +112,6 @@ KEEP_GIL = True
 #: where the kernel supports it; tests turn it off to run the per-kind path.
 USE_HOME_ANCHOR = True
 
-#: Kinds whose link a worker reads after each call. Not user: a thread of a
-#: multi-threaded process can neither unshare nor join one, so it cannot move.
-_CHECKED = tuple(k for k in SETNS_ORDER if k is not Kind.USER)
-#: Kinds a thread cannot join in a threaded process: a set may hold them
-#: only if they are the ones the worker is already in.
-_UNJOINABLE = frozenset((Kind.USER, Kind.TIME))
-#: Kinds a worker forces home in one ``setns`` on the anchor's pidfd (and
-#: mnt, once the thread has its own cwd and root).
-_FORCED = (Kind.NET, Kind.UTS, Kind.IPC, Kind.CGROUP, Kind.PID)
-_FORCED_BITS = sum(int(k) for k in _FORCED)
-_FORCED_WITH_MNT = (*_FORCED, Kind.MNT)
-_FORCED_WITH_MNT_BITS = _FORCED_BITS | int(Kind.MNT)
-#: Kinds read after every call because the forced return does not cover them.
-_NOT_FORCED_BITS = int(Kind.TIME) | int(Kind.MNT)
-_MNT_BITS = int(Kind.MNT)
-# The hot path works on plain ints: IntFlag arithmetic costs about a
-# microsecond an operation.
-_checked_for: dict[int, tuple[Kind, ...]] = {}
-
-
-def _checked_after(kind_bits: int) -> tuple[Kind, ...]:
-    """The kinds read after a call in a set of ``kind_bits`` (memoised)."""
-    checked = _checked_for.get(kind_bits)
-    if checked is None:
-        mask = kind_bits | _NOT_FORCED_BITS
-        checked = _checked_for[kind_bits] = tuple(k for k in _CHECKED if int(k) & mask)
-    return checked
-
-
 #: Kinds a worker that cannot go home (rootless mode) parks in the process's
 #: *limbo* set between calls instead: empty namespaces of nspool's own, so
 #: that an idle thread keeps no set alive. A worker that has left home in
@@ -130,30 +119,15 @@ def _checked_after(kind_bits: int) -> tuple[Kind, ...]:
 LIMBO_KINDS = Kind.NET | Kind.UTS | Kind.IPC | Kind.CGROUP
 _LIMBO_BITS = int(LIMBO_KINDS)
 
-#: Order for going home: mnt first, so that the worker is back in its own
-#: filesystem view before anything else.
-_HOME_ORDER = tuple(reversed(SETNS_ORDER))
-_HOME_CHECKED = tuple(k for k in _HOME_ORDER if k in _CHECKED)
-_LINK_NAMES: dict[Kind, bytes] = {k: os.fsencode(k.for_children_name) for k in _CHECKED}
-
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 _worker_numbers = itertools.count(1)
 #: The process's home namespaces, opened once at import (normally on the
 #: main thread, before any set is entered): the default executor's home.
-_PROCESS_HOME: dict[Kind, int] = {k: _open_thread_ns(k) for k in _CHECKED}
+_PROCESS_HOME: dict[Kind, int] = {k: open_thread_ns(k) for k in CHECKED}
 #: ``on`` in a worker thread found with its own fs or fd table.
 _tainted = threading.local()
-
-
-def _setns() -> Callable[[int, int], None]:
-    """The setns the workers use, as :data:`KEEP_GIL` says."""
-    return _sys.setns_holding_gil if KEEP_GIL else _sys.setns
-
-
-def _same_file(a: os.stat_result, b: os.stat_result | None) -> bool:
-    return b is not None and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 @dataclass(frozen=True)
@@ -207,7 +181,7 @@ class _Call:
 
     def __init__(
         self,
-        nsset: NamespaceSet | None,
+        nsset: HasHandle | None,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -287,7 +261,7 @@ class _Stream:
 
     __slots__ = ("busy", "drainers", "growing", "jobs", "nsset")
 
-    def __init__(self, nsset: NamespaceSet) -> None:
+    def __init__(self, nsset: HasHandle) -> None:
         self.nsset = nsset
         self.jobs: collections.deque[Job] = collections.deque()
         self.drainers = 0
@@ -307,8 +281,17 @@ class _Home:
     """
 
     def __init__(
-        self, use_anchor: bool, *, spawner: bool = True, process_home: bool = False
+        self,
+        use_anchor: bool,
+        *,
+        keep_gil: bool = True,
+        spawner: bool = True,
+        process_home: bool = False,
     ) -> None:
+        #: Whether its workers' syscalls keep the GIL (:data:`KEEP_GIL`, as
+        #: it was when the executor was made), and the ``setns`` that says.
+        self.keep_gil = keep_gil
+        self.setns = setns_for(keep_gil)
         self._users = 1
         self._users_lock = threading.Lock()
         #: The task a worker's fs and fd table are compared with (``kcmp``):
@@ -323,36 +306,37 @@ class _Home:
             queue.SimpleQueue()
         )
         try:
-            for kind in _CHECKED:
+            for kind in CHECKED:
                 self.fds[kind] = (
-                    os.dup(_PROCESS_HOME[kind]) if process_home else _open_thread_ns(kind)
+                    os.dup(_PROCESS_HOME[kind]) if process_home else open_thread_ns(kind)
                 )
             #: Whether a thread that left home can ``setns`` back. Not in
             #: rootless mode: home then belongs to an ancestor user namespace,
             #: in which this process has no capabilities.
             self.returnable = all(_sys.may_return(fd) for fd in self.fds.values())
             #: Where threads that cannot come home wait between calls.
-            self.limbo: NamespaceSet | None = None
+            self.limbo: SetHandle | None = None
             self.limbo_fds: dict[Kind, int] = {}
             self.limbo_ids: dict[Kind, int] = {}
             if not self.returnable:
                 use_anchor = False
                 self.limbo = _acquire_limbo()
-                self.limbo_fds = self.limbo.fds()
-                self.limbo_ids = self.limbo.ids()
+                with self.limbo.borrow() as limbo_fds:
+                    self.limbo_fds = dict(limbo_fds)
+                    self.limbo_ids = dict(self.limbo.ids_of_acquired())
                 if spawner:
                     self._start_spawner()
             self.root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self.root_stat = os.fstat(self.root)
             # A forced return sets pid_for_children to the anchor's own pid
             # namespace: usable only if home's pid_for_children is that one.
-            own_pid = os.stat(os.path.join(_THREAD_NS_DIR, "pid")).st_ino
+            own_pid = os.stat(os.path.join(THREAD_NS_DIR, "pid")).st_ino
             # The anchor starts where this thread is: only if that is home
             # (the default executor may be first reached from inside a set).
             at_home = all(
-                os.stat(os.path.join(_THREAD_NS_DIR, k.for_children_name)).st_ino
+                os.stat(os.path.join(THREAD_NS_DIR, k.for_children_name)).st_ino
                 == os.fstat(self.fds[k]).st_ino
-                for k in _CHECKED
+                for k in CHECKED
             )
             if use_anchor and at_home and own_pid == os.fstat(self.fds[Kind.PID]).st_ino:
                 self._start_anchor()
@@ -368,7 +352,7 @@ class _Home:
         self.ids = {k: os.fstat(fd).st_ino for k, fd in self.fds.items()}
         # The user namespace is known but never checked: a thread of a
         # threaded process cannot leave it.
-        self.ids[Kind.USER] = os.stat(os.path.join(_THREAD_NS_DIR, "user")).st_ino
+        self.ids[Kind.USER] = os.stat(os.path.join(THREAD_NS_DIR, "user")).st_ino
 
     def _start_anchor(self) -> None:
         started = threading.Event()
@@ -455,22 +439,22 @@ class _Home:
                 spawner.join()
         fds = [*self.fds.values(), self.root, self.anchor_fd]
         self.fds, self.root, self.anchor_fd = {}, -1, -1
-        _close_fds(fd for fd in fds if fd >= 0)
+        close_fds(fd for fd in fds if fd >= 0)
 
 
 _limbo_lock = threading.Lock()
-_limbo: NamespaceSet | None = None
+_limbo: SetHandle | None = None
 _limbo_users = 0
 
 
-def _acquire_limbo() -> NamespaceSet:
+def _acquire_limbo() -> SetHandle:
     """The process's one limbo set (made on first use, while anything
     uses it): one netns and friends, not one per executor or creator, since
     a process in its own user namespace may have a small netns quota."""
     global _limbo, _limbo_users
     with _limbo_lock:
         if _limbo is None:
-            _limbo = NamespaceSet.unshare(LIMBO_KINDS)
+            _limbo = create(LIMBO_KINDS)
         _limbo_users += 1
         return _limbo
 
@@ -484,40 +468,6 @@ def _release_limbo() -> None:
             _limbo = None
     if limbo is not None:
         limbo.close()
-
-
-class _ThreadLinks:
-    """Reads the calling thread's namespace links, for the checks after a
-    call. Made on the thread it reads: the directory fd is opened once and
-    keeps naming that thread even inside a mount namespace whose ``/proc``
-    shows other pids."""
-
-    def __init__(self) -> None:
-        self.fd = os.open(_THREAD_NS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.stat = os.fstat(self.fd)
-        self.buf = ctypes.create_string_buffer(64)
-
-    def read(self, kinds: Iterable[Kind]) -> dict[Kind, int]:
-        """The inode of each kind's link; ``OSError`` if it cannot be read."""
-        links: dict[Kind, int] = {}
-        fd = self.fd
-        if KEEP_GIL:
-            buf = self.buf
-            for kind in kinds:
-                links[kind] = _sys.ns_inode_at(fd, _LINK_NAMES[kind], buf)
-            return links
-        for kind in kinds:
-            link = os.readlink(kind.for_children_name, dir_fd=fd)
-            links[kind] = int(link[link.index("[") + 1 : -1])
-        return links
-
-    def close(self) -> None:
-        fd, self.fd = self.fd, -1
-        # A callable may have closed our fd (and the number may now be
-        # someone else's): close it only if it is still our directory.
-        with contextlib.suppress(OSError):
-            if fd >= 0 and _same_file(os.fstat(fd), self.stat):
-                os.close(fd)
 
 
 class _Worker:
@@ -537,7 +487,7 @@ class _Worker:
         # Where the thread is, by kind: kept by the worker itself, so it
         # knows which kinds to skip without asking the kernel.
         self.here: dict[Kind, int] = dict(self.home.ids)
-        self.links: _ThreadLinks | None = None
+        self.links: ThreadLinks | None = None
         self.tid = 0
         #: False once the thread is found with a private fd table.
         self.shares_files = True
@@ -621,12 +571,12 @@ class _Worker:
         """Open this thread's namespace directory and make sure the thread is
         in the executor's home namespaces (it starts in its creator's)."""
         _close_orphans()
-        self.links = _ThreadLinks()
+        self.links = ThreadLinks(keep_gil=self.home.keep_gil)
         self.tid = threading.get_native_id()
-        self.here = {**self.home.ids, **self.links.read(_CHECKED)}
-        for kind in _HOME_ORDER:
+        self.here = {**self.home.ids, **self.links.read(CHECKED)}
+        for kind in HOME_ORDER:
             if kind in self.here and self.here[kind] != self.home.ids[kind]:
-                if kind in _UNJOINABLE:
+                if kind in UNJOINABLE:
                     raise UnsupportedKindError(
                         errno.EUSERS,
                         syscall="setns",
@@ -635,7 +585,7 @@ class _Worker:
                         f"{kind} namespace; worker threads cannot follow",
                     )
                 self._setns_home(kind)
-        self._check(_CHECKED, self.home.ids, "after settling")
+        self._check(CHECKED, self.home.ids, "after settling")
 
     def _wait(self) -> _Call | None:
         """Wait for a call; ``None`` means exit (shutdown or idle timeout)."""
@@ -679,7 +629,7 @@ class _Worker:
         """Enter, call, check, go home. Raises :class:`_Discard` if the thread
         must not be reused; the call's outcome is in ``call`` either way."""
         s = call.nsset
-        if self.own_fs and (s is None or not s._bits & _MNT_BITS):
+        if self.own_fs and (s is None or not s.handle.bits & MNT_BITS):
             self._follow_process_cwd()
         if call.stream is not None:
             self._drain(call.stream)
@@ -699,7 +649,7 @@ class _Worker:
 
     def _in_set(
         self,
-        s: NamespaceSet,
+        s: HasHandle,
         body: Callable[[dict[Kind, int]], None],
         fail: Callable[[BaseException], None],
     ) -> None:
@@ -707,27 +657,28 @@ class _Worker:
         :func:`current`, check and go home. ``fail(error)`` instead of
         ``body`` if ``s`` is closed or cannot be entered. Raises
         :class:`_Discard` if the thread must not be reused."""
+        h = s.handle
         try:
-            s._acquire()
+            h.acquire()
         except NamespaceError as exc:
             fail(exc)
             return
         try:
             expected = dict(self.here)
             try:
-                self._enter(s, expected)
+                self._enter(h, expected)
             except OSError as exc:
                 fail(exc)
-                self._leave(s._bits, self.here)
+                self._leave(h.bits, self.here)
                 return
-            _thread.stack.append(s)
+            thread.stack.append(s)
             try:
                 body(expected)
             finally:
-                _thread.stack.pop()
-            self._leave(s._bits, expected)
+                thread.stack.pop()
+            self._leave(h.bits, expected)
         finally:
-            s._leave()
+            h.leave()
 
     def _drain(self, stream: _Stream) -> None:
         """Enter the stream's set once and run its jobs until none is left,
@@ -748,8 +699,8 @@ class _Worker:
         """Run jobs until the stream is empty, each outcome handed over as
         soon as the thread is checked (the submitter's side batches its
         wake-ups: see ``nspool.aio``)."""
-        jobs, s = stream.jobs, stream.nsset
-        bits = s._bits
+        jobs, h = stream.jobs, stream.nsset.handle
+        bits = h.bits
         busy = stream.busy
         while True:
             # Counted busy before taking a job: a job submitted from now on
@@ -767,8 +718,8 @@ class _Worker:
             if job.cancelled:
                 busy.discard(self)
                 continue
-            if s._closed:
-                job.error = _closed_error(s)
+            if h.closed:
+                job.error = h.closed_error()
                 busy.discard(self)
                 job.on_done(job)
                 continue
@@ -795,29 +746,29 @@ class _Worker:
         self._check_shared(kind_bits, "after the call")
         anchor = self.home.anchor_fd
         if anchor < 0 or CHECK_EVERY_KIND:
-            self._check(_CHECKED, expected, "after the call")
+            self._check(CHECKED, expected, "after the call")
             return
-        self._check(_checked_after(kind_bits), expected, "after the call")
-        others = _FORCED_BITS & ~kind_bits
+        self._check(checked_after(kind_bits), expected, "after the call")
+        others = FORCED_BITS & ~kind_bits
         if others:
             try:
-                _setns()(anchor, others)
+                self.home.setns(anchor, others)
             except OSError as exc:
                 raise _Discard(f"cannot go home: {exc}") from exc
 
-    def _enter(self, s: NamespaceSet, expected: dict[Kind, int]) -> None:
+    def _enter(self, h: SetHandle, expected: dict[Kind, int]) -> None:
         """Enter ``s``'s kinds that the thread is not in yet. ``expected`` is
         updated to where the thread must be afterwards."""
-        ids = s._ids_of_acquired()
+        ids = h.ids_of_acquired()
         here = self.here
         entered: list[Kind] = []
-        for kind, fd in s._order:
+        for kind, fd in h.order:
             want = ids[kind]
             if kind is not Kind.USER:
                 expected[kind] = want
             if here.get(kind, want) == want:
                 continue
-            if kind in _UNJOINABLE:
+            if kind in UNJOINABLE:
                 raise UnsupportedKindError(
                     errno.EUSERS if kind is Kind.TIME else errno.EINVAL,
                     syscall="setns",
@@ -828,14 +779,14 @@ class _Worker:
             if kind is Kind.MNT and not self.own_fs:
                 _sys.unshare_fs()
                 self.own_fs = True
-            _setns()(fd, kind)
+            self.home.setns(fd, kind)
             here[kind] = want
             if kind is not Kind.USER:
                 entered.append(kind)
         if entered:
-            self._check_entered(s, entered, ids)
+            self._check_entered(h, entered, ids)
 
-    def _check_entered(self, s: NamespaceSet, entered: list[Kind], ids: dict[Kind, int]) -> None:
+    def _check_entered(self, h: SetHandle, entered: list[Kind], ids: dict[Kind, int]) -> None:
         """The thread is in the set's namespaces (ids compared) before the
         callable starts: a set's fd number may have been closed and reused
         for another namespace behind its back. Raises ``NamespaceError``
@@ -848,7 +799,7 @@ class _Worker:
                     errno.ESTALE,
                     syscall="setns",
                     kind=kind,
-                    detail=f"the set's {kind} fd {s._fds.get(kind)} now refers to "
+                    detail=f"the set's {kind} fd {h.fds.get(kind)} now refers to "
                     f"{kind} namespace {actual[kind]}, not {ids[kind]}: was it closed "
                     "and its number reused? Do not close a set's fds; use s.dup()",
                 )
@@ -874,14 +825,14 @@ class _Worker:
         """
         self._check_shared(kind_bits, "after the call")
         if not self.home.returnable:
-            self._check(_CHECKED, expected, "after the call")
+            self._check(CHECKED, expected, "after the call")
             self._to_limbo()
             return
         anchor = self.home.anchor_fd
         if anchor < 0 or CHECK_EVERY_KIND:
-            checked: Iterable[Kind] = _CHECKED
+            checked: Iterable[Kind] = CHECKED
         else:
-            checked = _checked_after(kind_bits)
+            checked = checked_after(kind_bits)
         self._check(checked, expected, "after the call")
         if anchor >= 0:
             # mnt only if the set moved it: a setns into a mount namespace
@@ -890,16 +841,16 @@ class _Worker:
             left_mnt = here[Kind.MNT] != home_ids[Kind.MNT]
             try:
                 if left_mnt:
-                    _setns()(anchor, _FORCED_WITH_MNT_BITS)
+                    self.home.setns(anchor, FORCED_WITH_MNT_BITS)
                     self._restore_fs()
                 else:
-                    _setns()(anchor, _FORCED_BITS)
+                    self.home.setns(anchor, FORCED_BITS)
             except OSError as exc:
                 raise _Discard(f"cannot go home: {exc}") from exc
-            for kind in _FORCED_WITH_MNT if left_mnt else _FORCED:
+            for kind in FORCED_WITH_MNT if left_mnt else FORCED:
                 here[kind] = home_ids[kind]
             return
-        entered = [k for k in _HOME_CHECKED if self.here[k] != self.home.ids[k]]
+        entered = [k for k in HOME_CHECKED if self.here[k] != self.home.ids[k]]
         try:
             for kind in entered:
                 self._setns_home(kind)
@@ -914,7 +865,7 @@ class _Worker:
         limbo does not cover raises :class:`_Spent`."""
         home, here = self.home, self.here
         strayed = 0
-        for kind in _CHECKED:
+        for kind in CHECKED:
             where = here[kind]
             if where == home.ids[kind]:
                 continue
@@ -922,7 +873,7 @@ class _Worker:
                 raise _Spent
             if where != home.limbo_ids[kind]:
                 try:
-                    _setns()(home.limbo_fds[kind], kind)
+                    self.home.setns(home.limbo_fds[kind], kind)
                 except OSError as exc:
                     raise _Discard(f"cannot leave the set: {exc}") from exc
                 here[kind] = home.limbo_ids[kind]
@@ -959,10 +910,10 @@ class _Worker:
         pid, tid = self.home.pid, self.tid
         try:
             files = _sys.kcmp(pid, tid, _sys.KCMP_FILES)
-            if kind_bits & _MNT_BITS:
+            if kind_bits & MNT_BITS:
                 fs = 0
             elif self.own_fs:
-                fs = 0 if _same_file(os.stat("/"), self.home.root_stat) else 1
+                fs = 0 if same_file(os.stat("/"), self.home.root_stat) else 1
             else:
                 fs = _sys.kcmp(pid, tid, _sys.KCMP_FS)
         except OSError as exc:
@@ -987,7 +938,7 @@ class _Worker:
         if kind is Kind.MNT and not self.own_fs:
             _sys.unshare_fs()
             self.own_fs = True
-        _setns()(self.home.fds[kind], kind)
+        self.home.setns(self.home.fds[kind], kind)
         self.here[kind] = self.home.ids[kind]
         if kind is Kind.MNT:
             self._restore_fs()
@@ -1068,13 +1019,13 @@ class Workers(Executor):
         # The CPUs an unpinned worker may use: the creator's, as a new
         # thread would inherit them.
         self._cpus = os.sched_getaffinity(0)
-        self._home = _Home(USE_HOME_ANCHOR, process_home=_process_home)
+        self._home = _Home(USE_HOME_ANCHOR, keep_gil=KEEP_GIL, process_home=_process_home)
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         # Rootless mode only: idle workers in limbo, by the kinds they left.
         self._strayed: dict[int, list[_Worker]] = {}
         self._queue: collections.deque[_Call] = collections.deque()
-        self._streams: dict[NamespaceSet, _Stream] = {}
+        self._streams: dict[HasHandle, _Stream] = {}
         self._threads: set[_Worker] = set()
         # Threads forgotten (discarded or spent) but perhaps not yet ended:
         # shutdown(wait=True) joins them too.
@@ -1094,7 +1045,7 @@ class Workers(Executor):
     # -- submitting ---------------------------------------------------------------
 
     def run_sync(
-        self, nsset: NamespaceSet, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+        self, nsset: HasHandle, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> _T:
         """Run ``fn(*args, **kwargs)`` on a worker thread inside ``nsset`` and
         return its result (or raise its exception, with its traceback).
@@ -1128,7 +1079,7 @@ class Workers(Executor):
         return result
 
     def submit_in(
-        self, nsset: NamespaceSet, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+        self, nsset: HasHandle, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)`` on a worker thread inside
         ``nsset``; the returned future holds its result or exception.
@@ -1147,7 +1098,7 @@ class Workers(Executor):
         self._dispatch(_Call(None, fn, args, kwargs, future))
         return future
 
-    def submit_job(self, nsset: NamespaceSet, job: Job) -> None:
+    def submit_job(self, nsset: HasHandle, job: Job) -> None:
         """Queue ``job`` on ``nsset``'s stream: a worker already draining it
         runs the job after the ones before it, with no hand-off of its own;
         otherwise a drainer is dispatched as a call would be. More drainers
@@ -1262,7 +1213,7 @@ class Workers(Executor):
             alone = len(self._idle) == len(self._threads)  # no call is running
             evicted: _Worker | None = None
             if self._strayed and call.nsset is not None:
-                worker = self._take_strayed(call.nsset._bits)
+                worker = self._take_strayed(call.nsset.handle.bits)
             if worker is not None:
                 worker.call = call
             elif self._idle:
@@ -1366,7 +1317,7 @@ class Workers(Executor):
         serve are waiting for room."""
         strayed = worker.strayed
         for i, queued in enumerate(self._queue):
-            if queued.nsset is not None and strayed & ~queued.nsset._bits == 0:
+            if queued.nsset is not None and strayed & ~queued.nsset.handle.bits == 0:
                 del self._queue[i]
                 worker.call = queued
                 worker.wake.release()
@@ -1453,6 +1404,12 @@ class Workers(Executor):
                     thread.join()
             _close_orphans()
 
+    @property
+    def home_ids(self) -> dict[Kind, int]:
+        """The inode of each home namespace of the executor (user included),
+        where its threads live between calls."""
+        return dict(self._home.ids)
+
     def stats(self) -> WorkersStats:
         """Counts of threads and calls, for monitoring and tests."""
         with self._lock:
@@ -1476,15 +1433,6 @@ class Workers(Executor):
 def _drain_marker() -> None:
     """The ``fn`` of a drainer call, never called: the worker runs the
     call's stream instead (see ``_Worker._drain``)."""
-
-
-def _closed_error(s: NamespaceSet) -> NamespaceError:
-    try:
-        s._acquire()
-    except NamespaceError as exc:
-        return exc
-    s._leave()
-    return SetClosedError(errno.EBADF, syscall="NamespaceSet", detail="the set is closed")
 
 
 def _stop_idle(

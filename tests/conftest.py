@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import pytest
 
-from nspool import NamespaceSet, _sys, nsset, workers
+from nspool import NamespaceSet, _persist, _sys, _thread_ns, nsset, workers
 
 T = TypeVar("T")
 
@@ -60,7 +60,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 def _netns_run_dir() -> None:
     """Set ``/run/netns`` up before any baseline is taken: once made a shared
     mount (by nspool or by ``ip netns add``) it stays one, as iproute2 leaves it."""
-    nsset._prepare_netns_dir(nsset.NETNS_RUN_DIR)
+    _persist._prepare_netns_dir(_persist.NETNS_RUN_DIR)
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +71,7 @@ def no_leaks() -> Iterator[None]:
     # call_inline and s.socket() keep, per thread, an fd of the thread's own
     # namespaces for the way back (opened on first use, kept for the
     # thread's life); the test thread's is released here, before counting.
-    nsset._forget_thread_home()
+    _thread_ns.forget_thread_home()
     # Threads a test stopped may need a moment to leave threading.enumerate().
     wait_until(lambda: live_threads() <= threads, timeout=5)
     leaked_threads = live_threads() - threads

@@ -19,7 +19,7 @@ import anyio.abc
 import anyio.to_thread
 import pytest
 
-from nspool import Kind, NamespaceSet, Pool, Workers, aio, default_workers, nsset
+from nspool import Kind, NamespaceSet, Pool, Workers, _sys, _thread_ns, aio, default_workers
 from nspool.net import loopback_up
 
 from .conftest import Witness, thread_ns, wait_until
@@ -239,7 +239,7 @@ async def test_socket_lives_in_the_netns(fresh_default: None, witness: WitnessFa
     finally:
         # The loop thread keeps an fd of its own netns for the way back
         # (opened on first use, kept for the thread's life): let it go.
-        nsset._forget_thread_home()
+        _thread_ns.forget_thread_home()
 
 
 async def test_two_listeners_on_one_address_and_a_connection(
@@ -371,7 +371,7 @@ async def test_process_in_pid_and_mount_namespaces(fresh_default: None, tmp_path
     looked up there."""
     with NamespaceSet.unshare(Kind.PID | Kind.MNT) as s:
         target = os.fspath(tmp_path)
-        await s.run(nsset._sys.mount, "tmpfs", target, "tmpfs", 0, None)
+        await s.run(_sys.mount, "tmpfs", target, "tmpfs", 0, None)
         done = await s.run_process(
             ["sh", "-c", "echo $$; touch made-inside; ls; grep -c ' tmpfs ' /proc/self/mounts"],
             cwd=target,

@@ -19,6 +19,8 @@ from nspool import (
     NamespaceNotFoundError,
     NamespaceSet,
     NotANamespaceError,
+    _persist,
+    _sys,
     nsset,
 )
 from nspool.errors import (
@@ -68,7 +70,7 @@ def test_fifo_is_refused_without_blocking(tmp_path: os.PathLike[str], how: str) 
     directory = os.fspath(tmp_path)
     name = unique_name()
     if how == "from_name":
-        nsset._prepare_netns_dir(nsset.NETNS_RUN_DIR)
+        _persist._prepare_netns_dir(_persist.NETNS_RUN_DIR)
         fifo = os.path.join(nsset.NETNS_RUN_DIR, name)
     else:
         fifo = os.path.join(directory, "net")
@@ -142,7 +144,7 @@ def test_unmount_removes_an_empty_leftover_file(tmp_path: os.PathLike[str]) -> N
 
 def test_unpersist_leaves_an_ordinary_file() -> None:
     """unpersist of a name that is an ordinary file raises and keeps it."""
-    nsset._prepare_netns_dir(nsset.NETNS_RUN_DIR)
+    _persist._prepare_netns_dir(_persist.NETNS_RUN_DIR)
     name = unique_name()
     path = os.path.join(nsset.NETNS_RUN_DIR, name)
     with open(path, "w") as f:
@@ -160,7 +162,7 @@ def test_unpersist_leaves_an_ordinary_file() -> None:
 
 
 def test_persist_refuses_an_existing_regular_file() -> None:
-    nsset._prepare_netns_dir(nsset.NETNS_RUN_DIR)
+    _persist._prepare_netns_dir(_persist.NETNS_RUN_DIR)
     name = unique_name()
     path = os.path.join(nsset.NETNS_RUN_DIR, name)
     with open(path, "w") as f:
@@ -177,7 +179,7 @@ def test_persist_refuses_an_existing_regular_file() -> None:
 
 def test_persist_refuses_a_planted_symlink(tmp_path: os.PathLike[str]) -> None:
     """A symlink at /run/netns/NAME never makes its target a mount."""
-    nsset._prepare_netns_dir(nsset.NETNS_RUN_DIR)
+    _persist._prepare_netns_dir(_persist.NETNS_RUN_DIR)
     name = unique_name()
     path = os.path.join(nsset.NETNS_RUN_DIR, name)
     target = os.path.join(os.fspath(tmp_path), "target")
@@ -192,7 +194,7 @@ def test_persist_refuses_a_planted_symlink(tmp_path: os.PathLike[str]) -> None:
         assert os.path.islink(path)
     finally:
         if os.path.ismount(target):
-            nsset._sys.umount2(target, nsset._sys.MNT_DETACH)
+            _sys.umount2(target, _sys.MNT_DETACH)
         os.unlink(path)
 
 
@@ -368,7 +370,7 @@ async def test_enomem_from_fork_marks_the_set(fresh_default: None) -> None:
 _EMFILE_PRELUDE = """
 import errno, os, sys
 import anyio
-from nspool import Kind, NamespaceSet, nsset
+from nspool import Kind, NamespaceSet, _handle, nsset
 
 def fill():
     held = []
@@ -414,7 +416,7 @@ with NamespaceSet.unshare(Kind.NET | Kind.UTS) as s:
     held = fill()
     os.close(held.pop())
     try:
-        nsset.dup_fds(fds)
+        _handle.dup_fds(fds)
     except OSError as exc:
         assert exc.errno == errno.EMFILE, exc
         assert "dup" in str(exc) and "RLIMIT_NOFILE" in str(exc), str(exc)

@@ -218,11 +218,11 @@ def test_set_whose_fd_number_was_reused_is_not_entered(pool: Workers) -> None:
     number: the next call in the first set raises instead of running in the
     second set's netns."""
     with NamespaceSet.unshare(Kind.NET) as a, NamespaceSet.unshare(Kind.NET) as b:
-        a_fd = a._fds[Kind.NET]
+        a_fd = a.fds()[Kind.NET]
         assert (
             pool.run_sync(a, os.readlink, "/proc/thread-self/ns/net") == f"net:[{a.id(Kind.NET)}]"
         )
-        pool.run_sync(a, os.dup2, b._fds[Kind.NET], a_fd)  # close a's fd, reuse the number
+        pool.run_sync(a, os.dup2, b.fds()[Kind.NET], a_fd)  # close a's fd, reuse the number
         with pytest.raises(NamespaceError, match="reused"):
             pool.run_sync(a, os.readlink, "/proc/thread-self/ns/net")
         with NamespaceSet.unshare(Kind.UTS) as other:

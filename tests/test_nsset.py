@@ -31,7 +31,7 @@ from nspool import (
     SetClosedError,
     UnsupportedKindError,
     _sys,
-    nsset,
+    _thread_ns,
 )
 
 from .conftest import Witness, ip, on_thread, open_fds, thread_ns, unique_name, wait_until
@@ -72,7 +72,7 @@ def enter_and(s: NamespaceSet, fn: Callable[[], object]) -> object:
     """Enter ``s`` on a throwaway thread and return ``fn()`` from there."""
 
     def run() -> object:
-        nsset.enter(s.fds(), skip=Kind.TIME)
+        _thread_ns.enter(s.fds(), skip=Kind.TIME)
         return fn()
 
     return on_thread(run)
@@ -607,7 +607,7 @@ def test_close_waits_for_borrowers() -> None:
     """close() while another thread uses the fds defers closing them until
     that use ends, so an fd number is never reused under it."""
     s = NamespaceSet.unshare(Kind.NET)
-    with s._borrow() as fds:
+    with s.handle.borrow() as fds:
         fd = fds[Kind.NET]
         on_thread(s.close)
         assert s.closed

@@ -28,7 +28,7 @@ from nspool import (
     UnsupportedKindError,
     Workers,
     _sys,
-    nsset,
+    _thread_ns,
     workers,
 )
 
@@ -571,7 +571,7 @@ def test_call_inline_on_the_main_thread() -> None:
                 s.call_inline(lambda: 1 / 0)
         assert my_links() == home
     finally:
-        nsset._forget_thread_home()
+        _thread_ns.forget_thread_home()
 
 
 def test_call_inline_on_a_closed_set() -> None:

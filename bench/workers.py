@@ -160,7 +160,9 @@ def one_at_a_time(
         return run
 
     variants["every kind"] = with_tunables("every kind", CHECK_EVERY_KIND=True)
-    variants["gil released"] = with_tunables("gil released", KEEP_GIL=False)
+    with tunables(KEEP_GIL=False):  # decided once, when a Workers is made
+        released = Workers()
+    variants["gil released"] = timed_each(lambda: released.run_sync(s, noop))
     if not pinned:
         variants["same cpu"] = timed_each(lambda: same_cpu.run_sync(s, noop))
     try:
@@ -168,7 +170,7 @@ def one_at_a_time(
             interleave(variants, sizes.single_ops // 10, sizes.rounds)
             samples = interleave(variants, sizes.single_ops, sizes.rounds)
     finally:
-        for w in (default, per_kind, same_cpu):
+        for w in (default, per_kind, same_cpu, released):
             w.shutdown()
         pool.shutdown()
         by_hand.close()
@@ -280,17 +282,14 @@ def busy(s: NamespaceSet, sizes: Sizes, console: Console) -> list[Row]:
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     nspool_workers = Workers()
+    with tunables(KEEP_GIL=False):  # decided once, when a Workers is made
+        released = Workers()
     spinner = threading.Thread(target=spin, name="bench-spinner")
     spinner.start()
-
-    def gil_released(n: int) -> list[float]:
-        with tunables(KEEP_GIL=False):
-            return timed_each(lambda: nspool_workers.run_sync(s, noop))(n)
-
     variants = {
         "pool": timed_each(lambda: pool.submit(noop).result()),
         "run_sync": timed_each(lambda: nspool_workers.run_sync(s, noop)),
-        "gil released": gil_released,
+        "gil released": timed_each(lambda: released.run_sync(s, noop)),
     }
     try:
         samples = interleave(variants, sizes.busy_ops, sizes.rounds)
@@ -298,6 +297,7 @@ def busy(s: NamespaceSet, sizes: Sizes, console: Console) -> list[Row]:
         stop.set()
         spinner.join()
         nspool_workers.shutdown()
+        released.shutdown()
         pool.shutdown()
     base = Row("e", "busy: ThreadPoolExecutor.submit(noop).result()", "us", samples["pool"])
     return [

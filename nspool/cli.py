@@ -556,12 +556,11 @@ def bench(args: argparse.Namespace, console: Console) -> int:
 
 
 def _console() -> Console:
-    from rich.console import Console
+    """A rich console for a subcommand that draws (only once rich is known
+    to be installed: the measuring module imports it)."""
+    from ._measure import make_console
 
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=PIPE_WIDTH)
-    return console
+    return make_console(PIPE_WIDTH)
 
 
 def main(argv: list[str] | None = None) -> int:

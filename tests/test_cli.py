@@ -164,10 +164,25 @@ WITHOUT_RICH = (
 )
 
 
-def run_without_rich(*args: str) -> subprocess.CompletedProcess[str]:
-    """``nspool ARGS`` in a fresh interpreter where ``import rich`` fails."""
+#: Run as ``python -c``: import nspool, then every module of it but
+#: RICH_MODULES, checking after each that rich is still not imported; prints
+#: how many modules it found.
+NO_RICH_IMPORTED = f"""
+import importlib, pkgutil, sys
+import nspool
+assert "rich" not in sys.modules, "import nspool imported rich"
+names = [m.name for m in pkgutil.iter_modules(nspool.__path__, "nspool.")]
+for name in sorted(set(names) - set({sorted(RICH_MODULES)!r})):
+    importlib.import_module(name)
+    assert "rich" not in sys.modules, name + " imported rich"
+print(len(names))
+"""
+
+
+def python_c(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -c SCRIPT ARGS`` in a fresh interpreter, output captured."""
     return subprocess.run(
-        [sys.executable, "-c", WITHOUT_RICH, *args],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -175,24 +190,15 @@ def run_without_rich(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_without_rich(*args: str) -> subprocess.CompletedProcess[str]:
+    """``nspool ARGS`` in a fresh interpreter where ``import rich`` fails."""
+    return python_c(WITHOUT_RICH, *args)
+
+
 def test_library_does_not_import_rich() -> None:
     """``import nspool`` and every library module (the command line's too)
     leave rich unimported: it is the optional `cli` extra."""
-    script = (
-        "import pkgutil, sys, importlib\n"
-        "import nspool\n"
-        "assert 'rich' not in sys.modules, 'import nspool imported rich'\n"
-        f"skip = {sorted(RICH_MODULES)!r}\n"
-        "names = [m.name for m in pkgutil.iter_modules(nspool.__path__, 'nspool.')]\n"
-        "for name in names:\n"
-        "    if name not in skip:\n"
-        "        importlib.import_module(name)\n"
-        "        assert 'rich' not in sys.modules, name + ' imported rich'\n"
-        "print(len(names))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
+    done = python_c(NO_RICH_IMPORTED)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) > len(RICH_MODULES) + 5, done.stdout
 

@@ -1,5 +1,7 @@
-"""What the benchmarks share: a result row, interleaved measuring, quiet
-waiting, and the report (a rich table, ratios, JSON).
+"""What the benchmarks share: a result row, interleaved measuring, and the
+report (a rich table, ratios, JSON). Quantiles, ratios, waiting for quiet
+CPUs, the machine's line, tables and the JSON file are ``nspool._measure``'s,
+shared with ``python -m nspool demo``.
 
 Benchmarks are run as modules from the repository root
 (``python -m bench.kernel_costs``) or through ``python -m nspool bench``.
@@ -11,9 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
-import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -24,18 +24,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
-from rich.table import Table
 
 from nspool import _sys
+from nspool._measure import (
+    Column,
+    environment,
+    environment_line,
+    new_table,
+    quantile,
+    ratio,
+    say,
+    show_times,
+    write_json,
+)
+from nspool._measure import make_console as _make_console
 
 T = TypeVar("T")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-#: The CPUs count as quiet (the kernel's deferred netns cleanup done) below
-#: this busy fraction, over windows of SETTLE_WINDOW seconds.
-SETTLE_BUSY = 0.15
-SETTLE_WINDOW = 0.1
+#: Console width when stdout is not a terminal (and ``COLUMNS`` is unset).
+PIPE_WIDTH = 140
 
 
 @dataclasses.dataclass
@@ -62,8 +70,7 @@ class Row:
         return statistics.median(self.samples)
 
     def quantile(self, q: float) -> float:
-        ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return quantile(self.samples, q)
 
     @property
     def met(self) -> bool | None:
@@ -166,28 +173,6 @@ def on_thread(fn: Callable[[], T], name: str = "bench") -> T:
     return result
 
 
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # guest time is already in user
-    return total - idle, total
-
-
-def settle(max_wait: float) -> float:
-    """Wait until the CPUs are quiet (the kernel has finished freeing the
-    netns we dropped), at most ``max_wait`` seconds; return the time waited."""
-    start = time.monotonic()
-    while time.monotonic() - start < max_wait:
-        busy0, total0 = _cpu_times()
-        time.sleep(SETTLE_WINDOW)
-        busy1, total1 = _cpu_times()
-        if total1 > total0 and (busy1 - busy0) / (total1 - total0) < SETTLE_BUSY:
-            break
-    return time.monotonic() - start
-
-
 @contextlib.contextmanager
 def no_gc() -> Iterator[None]:
     was = gc.isenabled()
@@ -218,7 +203,7 @@ def fill_ratios(rows: Sequence[Row]) -> None:
     by_name = {row.name: row for row in rows}
     for row in rows:
         if row.baseline is not None:
-            row.ratio = row.median / by_name[row.baseline].median
+            row.ratio = ratio(row.median, by_name[row.baseline].median)
 
 
 def show_ratio(row: Row) -> str:
@@ -226,7 +211,7 @@ def show_ratio(row: Row) -> str:
     ``0.0213x = 47x faster``, ``1.06x = 1.06x slower`` or ``1.00x = same``."""
     if row.ratio is None:
         return "baseline"
-    text = f"{row.ratio:.2f}x" if row.ratio >= 0.1 else f"{row.ratio:.3g}x"
+    text = show_times(row.ratio)
     if row.faster and row.ratio > 0:
         speedup = 1 / row.ratio
         if f"{row.ratio:.2f}" == "1.00" and f"{speedup:.2f}" == "1.00":
@@ -249,24 +234,21 @@ def show(value: float, unit: str) -> str:
 
 
 def render(rows: Sequence[Row], meta: dict[str, Any], console: Console, *, title: str) -> None:
-    console.print(
-        f"kernel {meta['kernel']}  ·  Python {meta['python']}  ·  {meta['cpus']} CPUs  ·  "
-        f"nspool backends: {', '.join(meta['backends'])}  ·  "
+    line = environment_line(
+        meta,
+        f"nspool backends: {', '.join(meta['backends'])}",
         f"{'quick' if meta['quick'] else 'full'} run, {meta['seconds']:.1f} s",
-        markup=False,
-        highlight=False,
     )
+    say(console, line)
     note = better_note([row.unit for row in rows])
-    table = Table(title=f"{title} (ratio = median / baseline's median, same run; {note})")
-    table.add_column("", justify="right")
-    table.add_column("measurement", overflow="fold")
-    table.add_column("median", justify="right")
-    table.add_column("p90", justify="right")
-    table.add_column("p99", justify="right")
-    table.add_column("n", justify="right")
-    table.add_column("ratio", justify="right")
-    table.add_column("goal")
-    table.add_column("met?")
+    columns = [
+        Column(""),
+        Column("measurement", justify="left", overflow="fold"),
+        *(Column(header) for header in ("median", "p90", "p99", "n", "ratio")),
+        Column("goal", justify="left"),
+        Column("met?", justify="left"),
+    ]
+    table = new_table(f"{title} (ratio = median / baseline's median, same run; {note})", columns)
     previous = ""
     referenced = {row.baseline for row in rows}
     for row in rows:
@@ -345,9 +327,7 @@ def report(
     return the run's metadata (as written)."""
     fill_ratios(rows)
     meta: dict[str, Any] = {
-        "kernel": os.uname().release,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
+        **environment(),
         "backends": list(_sys.available_backends()),
         "default_backend": _sys.backend(),
         "quick": quick,
@@ -356,21 +336,16 @@ def report(
         "seconds": elapsed,
     }
     render(rows, meta, console, title=title)
-    write_json(out, meta, rows, console)
+    write_rows(out, meta, rows, console)
     return meta
 
 
-def write_json(path: Path, meta: dict[str, Any], rows: Sequence[Row], console: Console) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps({"meta": meta, "results": [row.as_json() for row in rows]}, indent=2) + "\n"
-    )
-    console.print(f"JSON: {path}", markup=False, highlight=False)
+def write_rows(path: Path, meta: dict[str, Any], rows: Sequence[Row], console: Console) -> None:
+    """Write one run's JSON, ``{"meta": ..., "results": [row, ...]}``, and say where."""
+    write_json(path, {"meta": meta, "results": [row.as_json() for row in rows]})
+    say(console, f"JSON: {path}")
 
 
 def make_console() -> Console:
     """A console that keeps table rows on one line when piped."""
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=140)
-    return console
+    return _make_console(PIPE_WIDTH)

@@ -60,9 +60,10 @@ from pyroute2 import netns as pyroute2_netns
 from rich.console import Console
 
 from nspool import Kind, NamespaceSet, Pool, Workers
+from nspool._measure import settle
 from nspool.nsset import NETNS_RUN_DIR
 
-from ._common import Row, interleave, no_gc, run_main, settle
+from ._common import Row, interleave, no_gc, run_main
 from .pool import wait_warm_and_idle
 
 

@@ -43,6 +43,7 @@ from typing import TypeVar
 from rich.console import Console
 
 from nspool import Kind, NamespaceSet, _sys
+from nspool._measure import settle
 from nspool.net import loopback_up
 
 from ._common import (
@@ -51,7 +52,6 @@ from ._common import (
     no_gc,
     on_thread,
     run_main,
-    settle,
 )
 
 T = TypeVar("T")

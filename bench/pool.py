@@ -45,8 +45,9 @@ from rich.console import Console
 
 from nspool import Kind, NamespaceSet, Pool, Workers
 from nspool import pool as nspool_pool
+from nspool._measure import settle
 
-from ._common import Row, interleave, no_gc, run_main, settle
+from ._common import Row, interleave, no_gc, run_main
 from .kernel_costs import all_freed, create_rate
 
 #: The library's closing pace (closes a second), read before any variant

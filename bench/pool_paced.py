@@ -31,9 +31,10 @@ import anyio.to_thread
 from rich.console import Console
 
 from nspool import Kind, Pool, Workers
-from nspool.demo import Result, _fresh_netns_request, handle, serve
+from nspool._measure import Result, serve, settle
+from nspool.demo import _fresh_netns_request, handle
 
-from ._common import Row, run_main, settle
+from ._common import Row, run_main
 from .kernel_costs import CLONE_NEWNET, c_setns, c_unshare, check, create_rate
 
 #: (e)'s request rates.

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import os
-import platform
 import time
 import traceback
 from collections.abc import Sequence
@@ -44,6 +42,7 @@ from rich.progress import (
 )
 
 from nspool import _sys
+from nspool._measure import environment, environment_line, say, write_json
 
 from . import _common
 from ._common import Row
@@ -122,10 +121,8 @@ def run_module(name: str, *, quick: bool, results: Path, console: Console) -> Mo
 
 
 def _subtitle(meta: dict[str, Any]) -> str:
-    return (
-        f"kernel {meta['kernel']} · Python {meta['python']} · {meta['cpus']} CPUs · "
-        f"{'quick' if meta['quick'] else 'full'} run · ratio = median / same-run baseline's median"
-    )
+    run = f"{'quick' if meta['quick'] else 'full'} run"
+    return environment_line(meta, run, "ratio = median / same-run baseline's median", dot=" · ")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -177,9 +174,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         progress.update(task, description="bench: done")
 
     meta: dict[str, Any] = {
-        "kernel": os.uname().release,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
+        **environment(),
         "backends": list(_sys.available_backends()),
         "quick": quick,
         "started": started,
@@ -225,6 +220,5 @@ def write_suite_json(
         },
         "plots": plots,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(body, indent=2) + "\n")
-    console.print(f"JSON: {path}", markup=False, highlight=False)
+    write_json(path, body)
+    say(console, f"JSON: {path}")

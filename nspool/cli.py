@@ -17,6 +17,12 @@ existing or fresh namespaces (:mod:`nspool._exec`).
 
 Each subcommand is a function taking the parsed arguments and a console,
 returning the exit code, registered in :func:`build_parser`.
+
+rich, the ``cli`` extra, draws the tables; the library never imports it,
+and neither does this module until a subcommand needs a console. ``demo``
+and ``bench`` need it: without it they exit with status 2 and a one-line
+message saying how to install it. ``doctor`` prints plain text instead;
+``exec`` prints nothing of its own.
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ from importlib import metadata
 from importlib.util import find_spec
 from typing import TYPE_CHECKING
 
-# rich is imported where it draws: ``nspool exec`` starts a command without it.
+# rich is imported where it draws (the `cli` extra): nspool works without it.
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
     from rich.text import Text
 
 from . import _sys
@@ -56,7 +63,7 @@ YES = "yes"
 OPTIONAL = {
     "pyroute2": "nspool.net.veth (the `net` extra), bench baselines",
     "matplotlib": "bench plots",
-    "rich": "the command line's tables",
+    "rich": "the `cli` extra: demo and bench, doctor's tables",
     "trio": "the async API under Trio",
 }
 #: What doctor says of the compiled helper (there is none yet).
@@ -95,6 +102,21 @@ with Pool(Kind.NET, warm=1) as pool:
 nspool.default_workers().shutdown()
 print("ok")
 """
+#: What a subcommand needs of rich (its ``rich`` default in the parser):
+#: none (``exec``), rich if installed and plain text without (``doctor``), or
+#: rich without fail (``demo``, ``bench``).
+RICH_UNUSED = "unused"
+RICH_OPTIONAL = "optional"
+RICH_REQUIRED = "required"
+#: The exit status, and the message on stderr, of a subcommand that needs
+#: rich when it is not installed.
+RICH_MISSING_STATUS = 2
+RICH_MISSING = (
+    "nspool {command}: needs rich, which is not installed; "
+    "install the `cli` extra: pip install 'nspool[cli]'"
+)
+#: Doctor's plain-text table (without rich): the column separator.
+PLAIN_SEPARATOR = " | "
 #: Output width when stdout is not a terminal (and ``COLUMNS`` is unset), so
 #: that piped output keeps each row on one line.
 PIPE_WIDTH = 120
@@ -207,12 +229,17 @@ def probe() -> DoctorReport:
     )
 
 
+def _installed(name: str) -> bool:
+    """Whether package ``name`` can be imported (without importing it)."""
+    try:
+        return find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _version(name: str) -> str:
     """The installed version of package ``name``, or ``"missing"``."""
-    try:
-        if find_spec(name) is None:
-            return "missing"
-    except (ImportError, ValueError):
+    if not _installed(name):
         return "missing"
     try:
         return metadata.version(name)
@@ -339,6 +366,11 @@ def _check_persist(kind: Kind, target: NamespaceSet) -> str:
             os.rmdir(directory)
 
 
+#: The title and the columns of doctor's table.
+TABLE_TITLE = "what this kernel and these privileges allow"
+TABLE_COLUMNS = ("kind", "create", "join", "persist")
+
+
 def _cell(value: str) -> Text:
     from rich.text import Text
 
@@ -346,23 +378,52 @@ def _cell(value: str) -> Text:
     return Text(value, style=style)
 
 
-def render(report: DoctorReport, console: Console) -> None:
-    """Print ``report``: a summary line, then a table of kinds."""
+def _rich_table(report: DoctorReport) -> Table:
+    """Doctor's table of kinds as a rich ``Table``."""
     from rich.table import Table
 
-    console.print(
-        f"kernel {report.kernel}  ·  Python {report.python}  ·  syscalls: {report.backend}"
-        f"  ·  root: {'yes' if report.root else 'no'}  ·  pidfd_open: {report.pidfd_open}",
-        markup=False,
-        highlight=False,
-    )
-    table = Table(title="what this kernel and these privileges allow", title_justify="left")
-    table.add_column("kind", style="bold")
-    for name in ("create", "join", "persist"):
-        table.add_column(name)
+    table = Table(title=TABLE_TITLE, title_justify="left")
+    for name in TABLE_COLUMNS:
+        table.add_column(name, style="bold" if name == TABLE_COLUMNS[0] else None)
     for row in report.kinds:
         table.add_row(row.kind.proc_name, _cell(row.create), _cell(row.join), _cell(row.persist))
-    console.print(table)
+    return table
+
+
+def plain_table(report: DoctorReport) -> list[str]:
+    """Doctor's table of kinds as lines of plain text (no rich): a title,
+    a header, then one ``kind | create | join | persist`` line a kind."""
+    rows = [TABLE_COLUMNS] + [
+        (row.kind.proc_name, row.create, row.join, row.persist) for row in report.kinds
+    ]
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+    lines = [
+        PLAIN_SEPARATOR.join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+        for cells in rows
+    ]
+    return [f"{TABLE_TITLE}:", *(line.rstrip() for line in lines)]
+
+
+def render(report: DoctorReport, console: Console | None) -> None:
+    """Print ``report``: a summary line, a table of kinds, then a line each
+    for the backends, rootless mode, the optional parts and the verdict. On
+    ``console`` (rich), or as plain text on stdout if it is ``None``."""
+
+    def say(line: str) -> None:  # one line each, however narrow the console
+        if console is None:
+            print(line)
+        else:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    say(
+        f"kernel {report.kernel}  ·  Python {report.python}  ·  syscalls: {report.backend}"
+        f"  ·  root: {'yes' if report.root else 'no'}  ·  pidfd_open: {report.pidfd_open}"
+    )
+    if console is None:
+        for line in plain_table(report):
+            say(line)
+    else:
+        console.print(_rich_table(report))
     lines = [
         f"syscall backend: {report.backend} (available: {', '.join(report.backends)})",
         f"rootless mode: {report.rootless}"
@@ -372,13 +433,13 @@ def render(report: DoctorReport, console: Console) -> None:
         + f"  ·  compiled helper: {report.helper}",
         report.verdict,
     ]
-    for line in lines:  # one line each, however narrow the console
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    for line in lines:
+        say(line)
 
 
-def doctor(args: argparse.Namespace, console: Console) -> int:
+def doctor(args: argparse.Namespace, console: Console | None) -> int:
     """``nspool doctor``: 0 if a netns can be created and joined, or rootless
-    mode works, else 1."""
+    mode works, else 1. Plain text if ``console`` is ``None`` (no rich)."""
     report = probe()
     render(report, console)
     return 0 if report.usable else 1
@@ -396,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show what this kernel and these privileges allow",
         description="Try to create, join and persist each namespace kind, and print a table.",
     )
-    doctor_parser.set_defaults(handler=doctor)
+    doctor_parser.set_defaults(handler=doctor, rich=RICH_OPTIONAL)
 
     demo_parser = commands.add_parser(
         "demo",
@@ -437,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--warm", type=int, default=64, help="pool size kept ready (default 64)"
     )
     demo_parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    demo_parser.set_defaults(handler=demo)
+    demo_parser.set_defaults(handler=demo, rich=RICH_REQUIRED)
 
     bench_parser = commands.add_parser(
         "bench",
@@ -449,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument(
         "--only", nargs="+", metavar="NAME", help="run only these benchmarks (e.g. pool aio)"
     )
-    bench_parser.set_defaults(handler=bench)
+    bench_parser.set_defaults(handler=bench, rich=RICH_REQUIRED)
 
     exec_parser = commands.add_parser(
         "exec",
@@ -461,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import _exec
 
     _exec.add_arguments(exec_parser)
-    exec_parser.set_defaults(handler=exec_command, quiet=True)
+    exec_parser.set_defaults(handler=exec_command, rich=RICH_UNUSED)
     return parser
 
 
@@ -496,12 +557,11 @@ def bench(args: argparse.Namespace, console: Console) -> int:
 
 
 def _console() -> Console:
-    from rich.console import Console
+    """A rich console for a subcommand that draws (only once rich is known
+    to be installed: the measuring module imports it)."""
+    from ._measure import make_console
 
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=PIPE_WIDTH)
-    return console
+    return make_console(PIPE_WIDTH)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -513,8 +573,15 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed
         return _exit_code(exc.code)
     handler: Callable[[argparse.Namespace, Console | None], int] = args.handler
-    # A subcommand that prints no tables (exec) is started without rich.
-    return handler(args, None if getattr(args, "quiet", False) else _console())
+    needs: str = args.rich
+    if needs == RICH_UNUSED:
+        return handler(args, None)
+    if _installed("rich"):
+        return handler(args, _console())
+    if needs == RICH_OPTIONAL:
+        return handler(args, None)
+    print(RICH_MISSING.format(command=args.command), file=sys.stderr)
+    return RICH_MISSING_STATUS
 
 
 def _exit_code(code: str | int | None) -> int:

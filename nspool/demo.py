@@ -79,17 +79,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import math
 import os
-import platform
 import shutil
 import socket
 import struct
 import subprocess
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +98,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from . import _sys
+from ._measure import (
+    Column,
+    Request,
+    Result,
+    environment,
+    new_table,
+    say,
+    serve,
+    settle_async,
+    show_times,
+    write_json,
+)
 from .kinds import Kind
 from .net import loopback_up
 from .nsset import NamespaceSet
@@ -133,19 +143,14 @@ ROUNDS = 4
 #: each (two processes), and the demo should stay short.
 IP_NETNS_MAX = 200
 #: Before a round: wait at most this long (seconds) for quiet CPUs and a
-#: full pool; quiet is below SETTLE_BUSY of the CPUs over SETTLE_WINDOW.
+#: full pool; quiet is below ``_measure.SETTLE_BUSY`` of the CPUs over
+#: SETTLE_WINDOW.
 SETTLE_MAX = 1.0
-SETTLE_BUSY = 0.15
 SETTLE_WINDOW = 0.05
 #: The pool's creator threads: the library's default. (One gives a lower
 #: p50 still at this rate, 0.52x against 0.67x of the baseline's here; two
 #: refill faster after a burst.)
 CREATORS = 2
-#: How early (seconds) the sender of paced requests wakes up: the event
-#: loop's timers fire up to a millisecond late (epoll's resolution), which
-#: would be charged to the request as latency.
-TIMER_SLACK = 0.001
-
 #: ``<asm-generic/socket.h>``; Python 3.11 does not name it (Linux 5.14+).
 SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)
 
@@ -288,156 +293,10 @@ def _ip_netns_request(request: int, name: str) -> int | None:
 # -- measuring ------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Result:
-    """What one variant measured in one phase (paced or bursts). Latencies
-    in seconds, successful requests only; ``seconds`` is the wall time of
-    its rounds."""
-
-    name: str
-    planned: int
-    latencies: list[float] = dataclasses.field(default_factory=list)
-    failures: int = 0
-    first_error: BaseException | None = None
-    seconds: float = 0.0
-    cookies: set[int] = dataclasses.field(default_factory=set)
-
-    @property
-    def done(self) -> int:
-        """Requests answered and checked."""
-        return len(self.latencies)
-
-    @property
-    def rate(self) -> float:
-        """Successful requests per second of wall time."""
-        return self.done / self.seconds if self.seconds > 0 else 0.0
-
-    def quantile(self, q: float) -> float | None:
-        """The ``q`` quantile of the latencies (seconds), ``None`` if none."""
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    def as_json(self, baseline: Result | None) -> dict[str, Any]:
-        def ms(value: float | None) -> float | None:
-            return None if value is None else value * 1000
-
-        return {
-            "name": self.name,
-            "requests": self.planned,
-            "ok": self.done,
-            "failed": self.failures,
-            "distinct_netns": len(self.cookies) if self.cookies else None,
-            "seconds": self.seconds,
-            "requests_per_s": self.rate,
-            "p50_ms": ms(self.quantile(0.50)),
-            "p90_ms": ms(self.quantile(0.90)),
-            "p99_ms": ms(self.quantile(0.99)),
-            "p50_vs_baseline": _latency_ratio(self, baseline, 0.50),
-            "p99_vs_baseline": _latency_ratio(self, baseline, 0.99),
-            "requests_per_s_vs_baseline": _rate_ratio(self, baseline),
-            "first_error": None if self.first_error is None else repr(self.first_error),
-        }
-
-
-Request = Callable[[int], Awaitable[int | None]]
-
-
-def _latency_ratio(result: Result, baseline: Result | None, q: float) -> float | None:
-    """``result``'s ``q`` latency quantile over the baseline's: below 1 is faster."""
-    mine = result.quantile(q)
-    theirs = None if baseline is None else baseline.quantile(q)
-    if mine is None or not theirs:
-        return None
-    return mine / theirs
-
-
-def _rate_ratio(result: Result, baseline: Result | None) -> float | None:
-    """``result``'s requests/s over the baseline's: above 1 is faster."""
-    if baseline is None or baseline.rate <= 0 or result.done == 0:
-        return None
-    return result.rate / baseline.rate
-
-
 def _chunks(total: int, rounds: int) -> Iterator[range]:
     """``range(total)`` cut into ``rounds`` consecutive, nearly equal parts."""
     edges = [total * i // rounds for i in range(rounds + 1)]
     return (range(a, b) for a, b in itertools.pairwise(edges))
-
-
-async def _record(
-    result: Result, call: Request, number: int, since: float, on_done: Callable[[], object]
-) -> None:
-    """Await ``call(number)`` and record it into ``result``: its latency
-    from ``since`` (a ``time.perf_counter()`` value) and its cookie, or the
-    failure (counted, the first one kept)."""
-    try:
-        cookie = await call(number)
-    except Exception as exc:
-        result.failures += 1
-        if result.first_error is None:
-            result.first_error = exc
-    else:
-        result.latencies.append(time.perf_counter() - since)
-        if cookie is not None:
-            result.cookies.add(cookie)
-    on_done()
-
-
-async def serve(
-    call: Request,
-    numbers: range,
-    result: Result,
-    *,
-    rate: float,
-    concurrency: int,
-    on_done: Callable[[], object] = lambda: None,
-) -> None:
-    """Send the requests ``numbers`` to ``call`` and record each into
-    ``result`` (then call ``on_done()``); adds the wall time, until the last
-    reply, to ``result.seconds``. A failed request is counted and the others
-    go on. Runs on the event loop, in a task group of its own.
-
-    ``rate`` above 0 is open loop: the ``i``-th request is due at ``start +
-    i / rate`` (``math.inf``: all at once) and is sent then, whatever the
-    earlier ones are doing, unless ``concurrency`` are in flight: then it
-    waits for one to finish, and so do the requests due after it. A
-    request's latency runs from when it was due (or from when it was sent,
-    if that was earlier: the sender wakes up :data:`TIMER_SLACK` early), so
-    every wait counts. ``rate`` 0 is closed loop: ``concurrency`` clients,
-    each sending its next request when the last is answered, timed from its
-    send.
-    """
-    started = time.perf_counter()
-    if rate > 0:
-        slots = anyio.Semaphore(concurrency)
-
-        async def send(number: int, since: float) -> None:
-            try:
-                await _record(result, call, number, since, on_done)
-            finally:
-                slots.release()
-
-        async with anyio.create_task_group() as tg:
-            for i, number in enumerate(numbers):
-                due = started + i / rate
-                early = due - time.perf_counter() - TIMER_SLACK
-                if early > 0:
-                    await anyio.sleep(early)
-                await slots.acquire()
-                tg.start_soon(send, number, min(due, time.perf_counter()))
-    else:
-        pending = iter(numbers)  # shared: each client takes the next number
-
-        async def client() -> None:
-            for number in pending:
-                await _record(result, call, number, time.perf_counter(), on_done)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(min(concurrency, len(numbers))):
-                tg.start_soon(client)
-    result.seconds += time.perf_counter() - started
 
 
 @dataclasses.dataclass
@@ -461,25 +320,12 @@ class _Tally:
         self.misses += after.misses - before.misses
 
 
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from ``/proc/stat``."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
 async def _settle(pool: Pool) -> None:
     """Wait, at most SETTLE_MAX seconds, until the CPUs are quiet (the
     kernel has freed the namespaces dropped so far) and the pool is full."""
-    deadline = time.monotonic() + SETTLE_MAX
-    while time.monotonic() < deadline:
-        busy0, total0 = _cpu_times()
-        await anyio.sleep(SETTLE_WINDOW)
-        busy1, total1 = _cpu_times()
-        quiet = total1 > total0 and (busy1 - busy0) / (total1 - total0) < SETTLE_BUSY
-        if quiet and pool.stats().ready >= pool.warm:
-            return
+    await settle_async(
+        SETTLE_MAX, window=SETTLE_WINDOW, ready=lambda: pool.stats().ready >= pool.warm
+    )
 
 
 @dataclasses.dataclass
@@ -591,27 +437,22 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:,.2f}"
 
 
-def _times(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio:.2f}x"
-
-
 def _table(title: str, results: list[Result], *, rates: bool, rate_ratio: bool) -> Table:
     """One row per variant: requests, distinct netns, latency percentiles
     and the p50 and p99 against the baseline; with ``rates`` the requests/s
     too, with ``rate_ratio`` also against the baseline."""
     baseline = next((r for r in results if r.name == BASELINE), None)
-    table = Table(title=title, title_justify="left")
-    table.add_column("variant", style="bold", no_wrap=True)
-    table.add_column("requests", justify="right")
-    table.add_column("netns", justify="right")
-    if rates:
-        table.add_column("req/s", justify="right")
-    for q in ("p50", "p90", "p99"):
-        table.add_column(f"{q} ms", justify="right")
-    table.add_column("p50 vs\nbaseline", justify="right")
-    table.add_column("p99 vs\nbaseline", justify="right")
-    if rate_ratio:
-        table.add_column("req/s vs\nbaseline", justify="right")
+    columns = [
+        Column("variant", justify="left", style="bold", no_wrap=True),
+        Column("requests"),
+        Column("netns"),
+        *([Column("req/s")] if rates else []),
+        *(Column(f"{q} ms") for q in ("p50", "p90", "p99")),
+        Column("p50 vs\nbaseline"),
+        Column("p99 vs\nbaseline"),
+        *([Column("req/s vs\nbaseline")] if rate_ratio else []),
+    ]
+    table = new_table(title, columns, title_left=True)
     for result in results:
         done = f"{result.done:,}"
         cells = [
@@ -622,18 +463,15 @@ def _table(title: str, results: list[Result], *, rates: bool, rate_ratio: bool) 
         if rates:
             cells.append(f"{result.rate:,.0f}")
         cells += [_ms(result.quantile(q)) for q in (0.50, 0.90, 0.99)]
-        ratios = [_latency_ratio(result, baseline, 0.50), _latency_ratio(result, baseline, 0.99)]
+        ratios = [result.latency_ratio(baseline, 0.50), result.latency_ratio(baseline, 0.99)]
         if rate_ratio:
-            ratios.append(_rate_ratio(result, baseline))
-        cells += ["baseline" if result is baseline else _times(r) for r in ratios]
+            ratios.append(result.rate_ratio(baseline))
+        cells += ["baseline" if result is baseline else show_times(r) for r in ratios]
         table.add_row(*cells)
     return table
 
 
 def _render(run: _Run, args: argparse.Namespace, console: Console) -> None:
-    def say(text: str) -> None:
-        console.print(text, markup=False, highlight=False)
-
     where = f"each binding {HOST}:{PORT} in its own netns"
     if args.rate > 0:
         title = f"{args.rate:,g} requests/s sent on schedule, at most {args.concurrency} in flight"
@@ -650,15 +488,16 @@ def _render(run: _Run, args: argparse.Namespace, console: Console) -> None:
 
     created = f"{run.pool.created:,} netns created in all."
     main = "Closed-loop requests" if closed else "Paced requests"
-    say(f"pool: {args.warm} warm, {CREATORS} creators. {main}: {tally(run.pool_paced)}.")
-    say(f"Bursts: {tally(run.pool_bursts)}. {created}" if run.bursts else created)
+    say(console, f"pool: {args.warm} warm, {CREATORS} creators. {main}: {tally(run.pool_paced)}.")
+    say(console, f"Bursts: {tally(run.pool_bursts)}. {created}" if run.bursts else created)
     since = "a request's scheduled arrival" if args.rate > 0 else "sending a request"
     ratios = "p50 and p99 over the baseline's: lower is better"
     if closed:
         ratios += "; requests/s over the baseline's: higher is better"
     say(
+        console,
         f"netns: distinct namespaces that served, by cookie. Latency: from {since} to its "
-        f"checked reply. x: {ratios}. Took {run.seconds:.1f} s."
+        f"checked reply. x: {ratios}. Took {run.seconds:.1f} s.",
     )
 
 
@@ -669,9 +508,7 @@ def _write_json(path: Path, run: _Run, args: argparse.Namespace) -> None:
 
     document = {
         "meta": {
-            "kernel": os.uname().release,
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
+            **environment(),
             "requests": args.requests,
             "rate": args.rate,
             "load": "open loop" if args.rate > 0 else "closed loop",
@@ -692,8 +529,7 @@ def _write_json(path: Path, run: _Run, args: argparse.Namespace) -> None:
             "bursts": dataclasses.asdict(run.pool_bursts),
         },
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    write_json(path, document)
 
 
 def _report_failures(results: list[Result], console: Console, what: str = "") -> bool:
@@ -703,15 +539,14 @@ def _report_failures(results: list[Result], console: Console, what: str = "") ->
         if not result.failures:
             continue
         failed = True
-        console.print(
+        say(
+            console,
             f"{result.name}{what}: {result.failures:,} of {result.planned:,} requests failed; "
             "the first error:",
-            markup=False,
-            highlight=False,
         )
         if result.first_error is not None:
             text = "".join(traceback.format_exception(result.first_error)).rstrip()
-            console.print(text, markup=False, highlight=False)
+            say(console, text)
     return failed
 
 
@@ -730,19 +565,19 @@ def run(args: argparse.Namespace, console: Console) -> int:
         or args.burst < 0
         or not (0 <= args.rate < math.inf)
     ):
-        console.print(
+        say(
+            console,
             "nspool demo: --requests and --concurrency must be at least 1, "
             "--warm, --burst and --rate (a finite number) at least 0",
-            markup=False,
         )
         return 2
     try:  # a clear message instead of thousands of failed requests
         NamespaceSet.unshare(Kind.NET).close()
     except OSError as exc:
-        console.print(
+        say(
+            console,
             f"nspool demo: cannot create a network namespace here ({exc}); "
             "see `python -m nspool doctor`",
-            markup=False,
         )
         return 1
     with_ip = shutil.which("ip") is not None
@@ -752,26 +587,24 @@ def run(args: argparse.Namespace, console: Console) -> int:
     else:
         load = f"in a closed loop, {args.concurrency} in flight"
     burst = f", and {ROUNDS} bursts of {args.burst} at once" if args.burst else ""
-    console.print(
+    say(
+        console,
         f"nspool demo: {args.requests:,} requests {load}{burst}. Each binds "
         f"{HOST}:{PORT} in its own network namespace and talks to itself, which only "
         "isolation allows.",
-        markup=False,
-        highlight=False,
     )
-    console.print(
+    say(
+        console,
         f"From a pool of {args.warm} ready netns, against creating a netns per request"
         + (f", and `ip netns add`/`del` ({n_ip:,} requests)." if with_ip else "."),
-        markup=False,
-        highlight=False,
     )
     if not with_ip:
-        console.print("(no `ip` command here: the ip netns variant is skipped)", markup=False)
+        say(console, "(no `ip` command here: the ip netns variant is skipped)")
     measured = anyio.run(_measure, args, console, with_ip)
     _render(measured, args, console)
     if args.json:
         _write_json(Path(args.json), measured, args)
-        console.print(f"JSON: {args.json}", markup=False, highlight=False)
+        say(console, f"JSON: {args.json}")
     failed = _report_failures(measured.paced, console)
     failed = _report_failures(measured.bursts, console, " (bursts)") or failed
     return 1 if failed else 0

@@ -148,3 +148,85 @@ def test_demo_and_exec_help(capsys: pytest.CaptureFixture[str]) -> None:
     for option in ("--net", "--uts", "--ipc", "--mnt", "--pid", "--all", "--fresh"):
         assert option in exec_help
     assert "DESIGN" not in demo_help + exec_help
+
+
+#: The modules that draw with rich (the `cli` extra); every other module of
+#: nspool, the command line's own included, imports without it.
+RICH_MODULES = {"nspool.demo", "nspool._measure", "nspool.__main__"}
+
+#: Run as ``python -c``: rich blocked (as if not installed), then ``cli.main``
+#: with the arguments that follow; exits with its status.
+WITHOUT_RICH = (
+    "import sys\n"
+    "sys.modules['rich'] = None\n"
+    "from nspool import cli\n"
+    "raise SystemExit(cli.main(sys.argv[1:]))\n"
+)
+
+
+#: Run as ``python -c``: import nspool, then every module of it but
+#: RICH_MODULES, checking after each that rich is still not imported; prints
+#: how many modules it found.
+NO_RICH_IMPORTED = f"""
+import importlib, pkgutil, sys
+import nspool
+assert "rich" not in sys.modules, "import nspool imported rich"
+names = [m.name for m in pkgutil.iter_modules(nspool.__path__, "nspool.")]
+for name in sorted(set(names) - set({sorted(RICH_MODULES)!r})):
+    importlib.import_module(name)
+    assert "rich" not in sys.modules, name + " imported rich"
+print(len(names))
+"""
+
+
+def python_c(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -c SCRIPT ARGS`` in a fresh interpreter, output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def run_without_rich(*args: str) -> subprocess.CompletedProcess[str]:
+    """``nspool ARGS`` in a fresh interpreter where ``import rich`` fails."""
+    return python_c(WITHOUT_RICH, *args)
+
+
+def test_library_does_not_import_rich() -> None:
+    """``import nspool`` and every library module (the command line's too)
+    leave rich unimported: it is the optional `cli` extra."""
+    done = python_c(NO_RICH_IMPORTED)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) > len(RICH_MODULES) + 5, done.stdout
+
+
+@pytest.mark.parametrize("command", ["demo", "bench"])
+def test_without_rich_a_command_says_how_to_install_it(command: str) -> None:
+    """``demo`` and ``bench`` without rich: exit status 2 and one line on
+    stderr naming the command and the fix, no traceback; ``--help`` works."""
+    done = run_without_rich(command)
+    assert done.returncode == cli.RICH_MISSING_STATUS == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"nspool {command}: needs rich"), lines
+    assert "pip install 'nspool[cli]'" in lines[0]
+    helped = run_without_rich(command, "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "usage:" in helped.stdout
+
+
+def test_doctor_without_rich_prints_plain_text() -> None:
+    """``doctor`` without rich prints the same table in plain text (cells
+    split on ``|``), says rich is missing, and exits 0."""
+    done = run_without_rich("doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    rows = table_rows(done.stdout)
+    assert list(rows) == [k.proc_name for k in SETNS_ORDER], done.stdout
+    assert rows["net"] == ["yes", "yes", "yes"], done.stdout
+    assert "rich missing" in done.stdout
+    assert done.stdout.splitlines()[-1].endswith("nspool can work here")

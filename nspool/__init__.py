@@ -1,11 +1,23 @@
 """nspool: run Python callables inside Linux namespaces.
 
 The public surface is re-exported here; the implementation lives in the
-submodules, whose dependencies point one way, top to bottom: ``errors``,
-``kinds``, ``_sys`` (the syscalls), ``_options`` and ``_userns`` (what a new
-set holds; sets made in a helper process), ``nsset`` (``NamespaceSet``),
-``workers``, ``net``, ``pool``, ``aio`` (the async front end), ``rootless``,
-then ``demo`` and ``cli``.
+submodules, read top-down from the bottom layer.
+
+Layers, bottom to top. A module imports only modules listed before it (on
+an earlier line, or earlier on its own line); ``tests/test_layers.py`` reads
+every import, lazy and ``TYPE_CHECKING`` ones included, and fails on one
+that points up. Child programs (``*_child``) import nothing of nspool.
+
+- primitives: ``errors``, ``kinds``, ``_sys``
+- a set's fds, a thread's own namespaces: ``_handle``, ``_thread_ns``
+- what a new set holds, child programs: ``_options``, ``_creator_child``
+- sets made in a helper process, rootless mode: ``_userns``, ``rootless``
+- creating sets: ``_pidinit``, ``_loopback``, ``_create``, ``_creator_proc``
+- persistence: ``_persist``
+- workers: ``workers``
+- awaiting from an event loop, sockets, processes: ``aio``
+- the user's types: ``nsset``, ``net``, ``pool``
+- commands and measurement: ``pytest_plugin``, ``_exec``, ``_measure``, ``demo``, ``cli``, ``__main__``, ``__init__``
 """
 
 from .errors import (

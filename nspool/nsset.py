@@ -27,6 +27,7 @@ import errno
 import os
 import socket as _socket
 import subprocess
+import types
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any, ParamSpec, Protocol, TypeVar, Unpack
@@ -76,6 +77,7 @@ INLINE_KINDS = Kind.NET | Kind.UTS | Kind.IPC | Kind.CGROUP
 _NO_OPTIONS = SetOptions()
 
 _T = TypeVar("_T")
+_S = TypeVar("_S", bound="NamespaceSet")
 _P = ParamSpec("_P")
 KindsArg = Kind | int | str | Iterable[str | Kind]
 
@@ -144,8 +146,8 @@ class _Unshare:
 
     def __get__(self, obj: NamespaceSet | None, owner: type[NamespaceSet]) -> _UnshareMethod:
         if obj is None:
-            return owner._unshare_new
-        return obj._unshare_nested
+            return types.MethodType(_unshare_new, owner)
+        return types.MethodType(_unshare_nested, obj)
 
 
 class NamespaceSet:
@@ -165,26 +167,19 @@ class NamespaceSet:
 
     def __init__(
         self,
-        fds: Mapping[Kind, int],
+        fds: Mapping[Kind, int] | SetHandle,
         *,
         init: InitRef | None = None,
     ) -> None:
-        """Take ownership of ``fds`` (one namespace fd per single kind).
+        """Take ownership of ``fds`` (one namespace fd per single kind, or a
+        :class:`SetHandle` made by the layers below).
 
         Prefer the named constructors; this one trusts its arguments. ``init``
         is a reference to the pid-namespace init this set keeps alive.
         """
-        self._handle = SetHandle(fds, init=init)
+        self._handle = fds if isinstance(fds, SetHandle) else SetHandle(fds, init=init)
         # Hot paths test this as a plain int: IntFlag arithmetic is slow.
         self._inline_ok = not self._handle.bits & ~int(INLINE_KINDS)
-
-    @classmethod
-    def _wrap(cls, handle: SetHandle) -> NamespaceSet:
-        """A set owning ``handle`` (made by the layers below)."""
-        s = cls.__new__(cls)
-        s._handle = handle
-        s._inline_ok = not handle.bits & ~int(INLINE_KINDS)
-        return s
 
     @property
     def handle(self) -> SetHandle:
@@ -193,93 +188,6 @@ class NamespaceSet:
         return self._handle
 
     # -- construction -------------------------------------------------------
-
-    @classmethod
-    def _unshare_new(
-        cls, kinds: KindsArg, *, loopback: bool = False, **options: Unpack[UnshareOptions]
-    ) -> NamespaceSet:
-        """Create new namespaces of ``kinds`` (``NamespaceSet.unshare(kinds)``).
-
-        The calling thread does not move: the namespaces are made on a helper
-        thread that is thrown away afterwards, or, for a set that holds a
-        user namespace, in a helper process (a threaded process cannot
-        create or join one). Called on a set instead (``s.unshare(kinds)``),
-        the new namespaces are nested in ``s``: a new mount namespace is a
-        copy of ``s``'s, new namespaces are owned by ``s``'s user namespace,
-        and the result also holds ``s``'s other kinds.
-
-        A new mount namespace gets private propagation
-        (:data:`NEW_MOUNT_PROPAGATION`). A new pid namespace gets an init
-        process (see the class docstring). Pid and time namespaces affect only
-        processes started from a thread in the set.
-
-        Keyword options, each for a namespace new in this call
-        (:class:`KindError` otherwise):
-
-        - ``uid_map``, ``gid_map``: lines ``(inside, outside, count)`` for a
-          new user namespace; default: root inside is the caller's effective
-          uid and gid outside; ``[]`` leaves every id unmapped. ``setgroups``
-          is denied when the kernel requires it for the gid map.
-        - ``private_tmp=True``: a fresh tmpfs on ``/tmp`` in the new mount
-          namespace (private propagation: the host never sees it).
-        - ``private_proc=True``: with new pid and mount namespaces, a
-          ``/proc`` of the new pid namespace, mounted by its init, so
-          processes started in the set see only their own.
-        - ``hostname``, ``domainname``: names of the new uts namespace.
-        - ``clock_offsets``: ``{"monotonic": seconds, "boottime": seconds}``
-          for the new time namespace, seen by processes started in the set.
-        - ``loopback=True``: bring ``lo`` up in the new netns. Without it
-          ``lo`` is left down, as ``ip netns add`` leaves it: nothing can
-          reach 127.0.0.1 in the set (a pool's sets have it up by default).
-
-        Blocks the calling thread for about a millisecond (the kernel's cost
-        of a network namespace), longer with a pid or user namespace (a
-        process starts). On failure nothing is left behind: no fd, thread,
-        process or namespace.
-        """
-        kinds = Kind.require(kinds, what="unshare")
-        set_options = SetOptions.make(kinds, **options)
-        return cls._create(kinds, None, _loopback_hook(kinds, loopback), options=set_options)
-
-    def _unshare_nested(
-        self, kinds: KindsArg, *, loopback: bool = False, **options: Unpack[UnshareOptions]
-    ) -> NamespaceSet:
-        """Create new namespaces of ``kinds`` nested in this set
-        (``s.unshare(kinds)``); see :meth:`_unshare_new`."""
-        kinds = Kind.require(kinds, what="unshare")
-        set_options = SetOptions.make(kinds, **options)
-        return type(self)._create(kinds, self, _loopback_hook(kinds, loopback), options=set_options)
-
-    @classmethod
-    def _create(
-        cls,
-        kinds: Kind,
-        base: NamespaceSet | None,
-        hook: Callable[[NamespaceSet], object] | None = None,
-        *,
-        options: SetOptions = _NO_OPTIONS,
-    ) -> NamespaceSet:
-        """Make the set on a throwaway helper thread (or in a helper process
-        if it holds a user namespace); ``hook(set)`` runs on that thread
-        while it is still inside the new namespaces (the pool's after-create
-        hook, with no extra thread hop); for a user set, after that thread
-        has entered all but its user and time namespaces. If the hook
-        raises, the set is closed and the error propagates."""
-        made: list[NamespaceSet] = []
-
-        def on_thread(h: SetHandle) -> None:
-            # The user's hook sees the set it will get, as nspool.current().
-            made.append(cls._wrap(h))
-            if hook is not None:
-                run_as_current(made[0], hook, made[0])
-
-        handle = create(
-            kinds,
-            None if base is None else base._handle,
-            None if hook is None else on_thread,
-            options=options,
-        )
-        return made[0] if made else cls._wrap(handle)
 
     @classmethod
     def current(cls, kinds: KindsArg = ALL_KINDS) -> NamespaceSet:
@@ -499,7 +407,7 @@ class NamespaceSet:
         """A new, independent set holding the same namespaces of ``kinds``
         (default: all). Closing either set leaves the other usable."""
         wanted = None if kinds is None else Kind.require(kinds, what="dup")
-        return type(self)._wrap(self._handle.dup(wanted))
+        return type(self)(self._handle.dup(wanted))
 
     def call_inline(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Call ``fn(*args, **kwargs)`` on the calling thread inside this set:
@@ -721,3 +629,99 @@ class NamespaceSet:
         except (OSError, NamespaceError):
             ids = str(self._handle.kinds)
         return f"<NamespaceSet {ids}>"
+
+
+def _unshare_new(
+    cls: type[NamespaceSet],
+    kinds: KindsArg,
+    *,
+    loopback: bool = False,
+    **options: Unpack[UnshareOptions],
+) -> NamespaceSet:
+    """Create new namespaces of ``kinds`` (``NamespaceSet.unshare(kinds)``).
+
+    The calling thread does not move: the namespaces are made on a helper
+    thread that is thrown away afterwards, or, for a set that holds a
+    user namespace, in a helper process (a threaded process cannot
+    create or join one). Called on a set instead (``s.unshare(kinds)``),
+    the new namespaces are nested in ``s``: a new mount namespace is a
+    copy of ``s``'s, new namespaces are owned by ``s``'s user namespace,
+    and the result also holds ``s``'s other kinds.
+
+    A new mount namespace gets private propagation
+    (:data:`NEW_MOUNT_PROPAGATION`). A new pid namespace gets an init
+    process (see the class docstring). Pid and time namespaces affect only
+    processes started from a thread in the set.
+
+    Keyword options, each for a namespace new in this call
+    (:class:`KindError` otherwise):
+
+    - ``uid_map``, ``gid_map``: lines ``(inside, outside, count)`` for a
+      new user namespace; default: root inside is the caller's effective
+      uid and gid outside; ``[]`` leaves every id unmapped. ``setgroups``
+      is denied when the kernel requires it for the gid map.
+    - ``private_tmp=True``: a fresh tmpfs on ``/tmp`` in the new mount
+      namespace (private propagation: the host never sees it).
+    - ``private_proc=True``: with new pid and mount namespaces, a
+      ``/proc`` of the new pid namespace, mounted by its init, so
+      processes started in the set see only their own.
+    - ``hostname``, ``domainname``: names of the new uts namespace.
+    - ``clock_offsets``: ``{"monotonic": seconds, "boottime": seconds}``
+      for the new time namespace, seen by processes started in the set.
+    - ``loopback=True``: bring ``lo`` up in the new netns. Without it
+      ``lo`` is left down, as ``ip netns add`` leaves it: nothing can
+      reach 127.0.0.1 in the set (a pool's sets have it up by default).
+
+    Blocks the calling thread for about a millisecond (the kernel's cost
+    of a network namespace), longer with a pid or user namespace (a
+    process starts). On failure nothing is left behind: no fd, thread,
+    process or namespace.
+    """
+    kinds = Kind.require(kinds, what="unshare")
+    set_options = SetOptions.make(kinds, **options)
+    return create_set(cls, kinds, None, _loopback_hook(kinds, loopback), options=set_options)
+
+
+def _unshare_nested(
+    base: NamespaceSet,
+    kinds: KindsArg,
+    *,
+    loopback: bool = False,
+    **options: Unpack[UnshareOptions],
+) -> NamespaceSet:
+    """Create new namespaces of ``kinds`` nested in this set
+    (``s.unshare(kinds)``); see :meth:`_unshare_new`."""
+    kinds = Kind.require(kinds, what="unshare")
+    set_options = SetOptions.make(kinds, **options)
+    return create_set(type(base), kinds, base, _loopback_hook(kinds, loopback), options=set_options)
+
+
+def create_set(
+    cls: type[_S],
+    kinds: Kind,
+    base: NamespaceSet | None,
+    hook: Callable[[_S], object] | None = None,
+    *,
+    options: SetOptions = _NO_OPTIONS,
+) -> _S:
+    """Make the set on a throwaway helper thread (or in a helper process
+    if it holds a user namespace); ``hook(set)`` runs on that thread
+    while it is still inside the new namespaces (the pool's after-create
+    hook, with no extra thread hop); for a user set, after that thread
+    has entered all but its user and time namespaces. If the hook
+    raises, the set is closed and the error propagates."""
+    made: list[_S] = []
+
+    def on_thread(h: SetHandle) -> None:
+        # The user's hook sees the set it will get, as nspool.current().
+        made.append(cls(h))
+        if hook is not None:
+            run_as_current(made[0], hook, made[0])
+
+    handle = create(
+        kinds,
+        None if base is None else base.handle,
+        None if hook is None else on_thread,
+        options=options,
+    )
+    return made[0] if made else cls(handle)

@@ -62,7 +62,7 @@ from .aio import no_async_library, wait_done
 from .errors import NamespaceError, PoolClosedError
 from .kinds import Kind
 from .net import loopback_up
-from .nsset import KindsArg, NamespaceSet
+from .nsset import KindsArg, NamespaceSet, create_set
 from .workers import Workers, _Home, default_workers
 
 __all__ = [
@@ -844,8 +844,8 @@ class Pool:
             if creator is not None and creator.in_place:
                 s = creator.make(self.kinds, self._after_create, self._options)
             else:
-                s = NamespaceSet._create(
-                    self.kinds, None, self._after_create, options=self._options
+                s = create_set(
+                    NamespaceSet, self.kinds, None, self._after_create, options=self._options
                 )
         except BaseException as exc:
             self._record_failure(exc)

@@ -13,11 +13,12 @@ that points up. Child programs (``*_child``) import nothing of nspool.
 - what a new set holds, child programs: ``_options``, ``_creator_child``
 - sets made in a helper process, rootless mode: ``_userns``, ``rootless``
 - creating sets: ``_pidinit``, ``_loopback``, ``_create``, ``_creator_proc``
-- persistence: ``_persist``
+- persistence, opening what exists: ``_persist``, ``_open``
 - workers: ``workers``
 - awaiting from an event loop, sockets, processes: ``aio``
 - the user's types: ``nsset``, ``net``, ``pool``
-- commands and measurement: ``pytest_plugin``, ``_exec``, ``_measure``, ``demo``, ``cli``, ``__main__``, ``__init__``
+- commands and measurement: ``pytest_plugin``, ``_exec``, ``_measure``, ``demo``,
+  ``cli``, ``__main__``, ``__init__``
 """
 
 from .errors import (

@@ -137,6 +137,9 @@ _ALL = Kind(sum(_SINGLE))
 #: Every kind, and none: module constants usable as argument defaults.
 ALL_KINDS = _ALL
 NO_KINDS = Kind(0)
+#: What the API takes where it wants kinds: a ``Kind``, its int, ``"net,uts"``,
+#: or an iterable of names or kinds (see :meth:`Kind.require`).
+KindsArg = Kind | int | str | Iterable[str | Kind]
 
 _ALIASES = {"mount": "mnt", "network": "net", "cgroups": "cgroup"}
 

@@ -29,19 +29,19 @@ import socket as _socket
 import subprocess
 import types
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any, ParamSpec, Protocol, TypeVar, Unpack
 
 import anyio.abc
 import sniffio
 
-from . import _persist, _sys
+from . import _open, _persist
 from ._create import create
-from ._handle import InitRef, SetHandle, close_fds, fork_error, pid_namespace_ended_error
+from ._handle import InitRef, SetHandle, fork_error, pid_namespace_ended_error
 from ._loopback import loopback_up
 from ._options import SetOptions, UnshareOptions
-from ._persist import NETNS_RUN_DIR, fs_path, validate_name
-from ._thread_ns import THREAD_NS_DIR, call_inline, run_as_current, thread
+from ._persist import NETNS_RUN_DIR
+from ._thread_ns import call_inline, run_as_current, thread
 from .aio import (
     Command,
     NamespaceProcess,
@@ -57,12 +57,9 @@ from .errors import (
     InvalidArgumentTypeError,
     KindError,
     NamespaceError,
-    NamespaceNotFoundError,
-    ProcessNotFoundError,
     UnsupportedKindError,
-    from_errno,
 )
-from .kinds import ALL_KINDS, Kind
+from .kinds import ALL_KINDS, Kind, KindsArg
 from .workers import default_workers
 
 __all__ = ["INLINE_KINDS", "NETNS_RUN_DIR", "NamespaceSet", "current"]
@@ -79,7 +76,6 @@ _NO_OPTIONS = SetOptions()
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound="NamespaceSet")
 _P = ParamSpec("_P")
-KindsArg = Kind | int | str | Iterable[str | Kind]
 
 
 def current() -> NamespaceSet | None:
@@ -198,8 +194,7 @@ class NamespaceSet:
         the set later reproduces. Raises :class:`NamespaceNotFoundError` if the
         thread unshared a pid namespace that has no process yet.
         """
-        kinds = Kind.require(kinds, what="current")
-        return cls._open_each(kinds, THREAD_NS_DIR, name_of=lambda k: k.for_children_name, pid=None)
+        return cls(_open.current(kinds))
 
     @classmethod
     def from_pid(cls, pid: int, kinds: KindsArg = ALL_KINDS) -> NamespaceSet:
@@ -211,48 +206,7 @@ class NamespaceSet:
         :class:`ProcessNotFoundError` instead of yielding another process's
         namespaces (containernetworking/plugins#714).
         """
-        kinds = Kind.require(kinds, what="from_pid")
-        if isinstance(pid, bool) or not isinstance(pid, int):
-            raise TypeError(f"pid must be an int, not {type(pid).__name__}")
-        pidfd = _sys.pidfd_open(pid)
-        try:
-            ns_dir = f"/proc/{pid}/ns"
-            try:
-                dir_fd = os.open(ns_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError as exc:
-                err = errno.ESRCH if exc.errno == errno.ENOENT else (exc.errno or errno.EIO)
-                raise from_errno(err, syscall="open", kind=kinds, path=ns_dir, pid=pid) from exc
-            try:
-                if not _sys.pidfd_is_alive(pidfd):
-                    raise ProcessNotFoundError(
-                        errno.ESRCH,
-                        syscall="open",
-                        kind=kinds,
-                        path=ns_dir,
-                        pid=pid,
-                        detail="the process exited while its namespaces were read",
-                    )
-                try:
-                    return cls._open_each(
-                        kinds, ns_dir, name_of=lambda k: k.proc_name, pid=pid, dir_fd=dir_fd
-                    )
-                except NamespaceNotFoundError as exc:
-                    # The directory outlives the process: a vanished link means
-                    # the process exited (or is a zombie without namespaces).
-                    if _sys.pidfd_is_alive(pidfd) and os.path.exists(f"/proc/{pid}/exe"):
-                        raise
-                    raise ProcessNotFoundError(
-                        errno.ESRCH,
-                        syscall="open",
-                        kind=exc.kind,
-                        path=exc.path,
-                        pid=pid,
-                        detail="the process exited while its namespaces were read",
-                    ) from exc
-            finally:
-                os.close(dir_fd)
-        finally:
-            os.close(pidfd)
+        return cls(_open.from_pid(pid, kinds))
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], kind: KindsArg | None = None) -> NamespaceSet:
@@ -263,83 +217,19 @@ class NamespaceSet:
         the file. :class:`KindMismatchError` if the file is a namespace of
         another kind, :class:`NotANamespaceError` if it is no namespace.
         """
-        path = fs_path(path, what="from_path")
-        if kind is None:
-            fd, actual = _sys.open_ns_nonblocking(path, None)
-            return cls({actual: fd})
-        try:
-            single = Kind.require(kind, what="from_path")
-        except KindError as exc:
-            exc.path = exc.filename = path
-            raise
-        if len(list(single.singles())) != 1:
-            raise KindError(
-                errno.EINVAL,
-                syscall="from_path",
-                kind=single,
-                path=path,
-                detail="a namespace file has exactly one kind",
-            )
-        return cls({single: _sys.open_ns_nonblocking(path, single)[0]})
+        return cls(_open.from_path(path, kind))
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike[str], kinds: KindsArg) -> NamespaceSet:
         """The namespaces of ``kinds`` in a directory laid out like
         ``/proc/PID/ns`` (one file per kind, named as in ``/proc``), such as
         one written by :meth:`mount`."""
-        directory = fs_path(directory, what="from_dir")
-        kinds = Kind.require(kinds, what="from_dir")
-        try:
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise from_errno(
-                exc.errno or errno.EIO, syscall="open", kind=kinds, path=directory
-            ) from exc
-        try:
-            return cls._open_each(
-                kinds, directory, name_of=lambda k: k.proc_name, pid=None, dir_fd=dir_fd
-            )
-        finally:
-            os.close(dir_fd)
+        return cls(_open.from_dir(directory, kinds))
 
     @classmethod
     def from_name(cls, name: str) -> NamespaceSet:
         """The network namespace that ``ip netns`` calls ``name``."""
-        path = os.path.join(NETNS_RUN_DIR, validate_name(name))
-        try:
-            return cls({Kind.NET: _sys.open_ns_nonblocking(path, Kind.NET)[0]})
-        except NamespaceNotFoundError as exc:
-            raise NamespaceNotFoundError(
-                errno.ENOENT,
-                syscall="open",
-                kind=Kind.NET,
-                path=path,
-                detail=f"no netns named {name!r}; hint: create it with `ip netns add {name}`",
-            ) from exc
-
-    @classmethod
-    def _open_each(
-        cls,
-        kinds: Kind,
-        directory: str,
-        *,
-        name_of: Callable[[Kind], str],
-        pid: int | None,
-        dir_fd: int | None = None,
-    ) -> NamespaceSet:
-        fds: dict[Kind, int] = {}
-        try:
-            for kind in kinds.singles():
-                name = name_of(kind)
-                path = name if dir_fd is not None else os.path.join(directory, name)
-                fds[kind] = _sys.open_ns_nonblocking(path, kind, dir_fd=dir_fd, pid=pid)[0]
-        except BaseException as exc:
-            close_fds(fds.values())
-            if isinstance(exc, NamespaceError) and dir_fd is not None:
-                exc.path = os.path.join(directory, os.path.basename(exc.path or ""))
-                exc.filename = exc.path
-            raise
-        return cls(fds)
+        return cls(_open.from_name(name))
 
     # -- use ----------------------------------------------------------------
 

@@ -60,9 +60,9 @@ from ._options import SetOptions, UnshareOptions
 from ._thread_ns import CHECKED, THREAD_NS_DIR, ThreadLinks, run_as_current
 from .aio import no_async_library, wait_done
 from .errors import NamespaceError, PoolClosedError
-from .kinds import Kind
+from .kinds import Kind, KindsArg
 from .net import loopback_up
-from .nsset import KindsArg, NamespaceSet, create_set
+from .nsset import NamespaceSet, create_set
 from .workers import Workers, _Home, default_workers
 
 __all__ = [

@@ -21,10 +21,15 @@ def layer_order() -> list[str]:
     each ``- ...`` line names one layer's modules in ``double backquotes``."""
     doc = nspool.__doc__ or ""
     section = doc.split("Layers", 1)[1]
-    names: list[str] = []
+    items: list[str] = []
     for line in section.splitlines():
         if line.startswith("- "):
-            names += re.findall(r"``([A-Za-z_][A-Za-z0-9_]*)``", line.split(":", 1)[-1])
+            items.append(line)
+        elif line.startswith("  ") and items:  # an item's continuation line
+            items[-1] += line
+    names: list[str] = []
+    for item in items:
+        names += re.findall(r"``([A-Za-z_][A-Za-z0-9_]*)``", item.split(":", 1)[-1])
     return names
 
 

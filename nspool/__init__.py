@@ -18,7 +18,7 @@ that points up. Child programs (``*_child``) import nothing of nspool.
 - awaiting from an event loop, sockets, processes: ``aio``
 - the user's types: ``nsset``, ``net``, ``pool``
 - commands and measurement: ``pytest_plugin``, ``_exec``, ``_measure``, ``demo``,
-  ``cli``, ``__main__``, ``__init__``
+  ``_doctor``, ``cli``, ``__main__``, ``__init__``
 """
 
 from .errors import (

@@ -32,7 +32,7 @@ from rich.console import Console
 
 from nspool import Kind, Pool, Workers
 from nspool._measure import Result, serve, settle
-from nspool.demo import _fresh_netns_request, handle
+from nspool.demo import fresh_netns_request, handle
 
 from ._common import Row, run_main
 from .kernel_costs import CLONE_NEWNET, c_setns, c_unshare, check, create_rate
@@ -90,7 +90,7 @@ async def _paced(sizes: Sizes, console: Console) -> list[Row]:
     limiter = anyio.CapacityLimiter(CONCURRENCY)
 
     async def fresh(number: int) -> int | None:
-        return await anyio.to_thread.run_sync(_fresh_netns_request, number, limiter=limiter)
+        return await anyio.to_thread.run_sync(fresh_netns_request, number, limiter=limiter)
 
     idle = _Probe()
     await anyio.sleep(sizes.requests / 400)

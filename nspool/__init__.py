@@ -17,7 +17,7 @@ that points up. Child programs (``*_child``) import nothing of nspool.
 - workers: ``workers``
 - awaiting from an event loop, sockets, processes: ``aio``
 - the user's types: ``nsset``, ``net``, ``pool``
-- commands and measurement: ``pytest_plugin``, ``_exec``, ``_measure``, ``demo``,
+- commands and measurement: ``pytest_plugin``, ``_exec``, ``_measure``, ``_demo_request``, ``demo``,
   ``_doctor``, ``cli``, ``__main__``, ``__init__``
 """
 

@@ -82,12 +82,9 @@ import itertools
 import math
 import os
 import shutil
-import socket
-import struct
-import subprocess
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +94,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from . import _sys
+from ._demo_request import (
+    HOST,
+    PORT,
+    exchange,
+    fresh_netns_request,
+    handle,
+    ip_netns_request,
+    netns_cookie,
+    open_listener,
+)
 from ._measure import (
     Column,
     Request,
@@ -111,7 +117,6 @@ from ._measure import (
     write_json,
 )
 from .kinds import Kind
-from .net import loopback_up
 from .nsset import NamespaceSet
 from .pool import Pool, PoolStats
 from .workers import Workers
@@ -130,12 +135,6 @@ __all__ = [
     "serve",
 ]
 
-#: Every request binds this address, each in its own netns.
-HOST = "127.0.0.1"
-PORT = 8080
-#: Seconds a request's socket waits before it gives up: a broken request
-#: fails instead of hanging the demo.
-SOCKET_TIMEOUT = 5.0
 #: Rounds the variants take turns in, so that a slow phase of the machine
 #: (the kernel freeing namespaces, say) hits each of them alike.
 ROUNDS = 4
@@ -151,143 +150,11 @@ SETTLE_WINDOW = 0.05
 #: p50 still at this rate, 0.52x against 0.67x of the baseline's here; two
 #: refill faster after a burst.)
 CREATORS = 2
-#: ``<asm-generic/socket.h>``; Python 3.11 does not name it (Linux 5.14+).
-SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)
-
 POOL = "nspool Pool"
 PER_REQUEST = "netns per request"
 IP_NETNS = "ip netns per request"
 #: The variant the others' latencies (and requests/s) are compared with.
 BASELINE = PER_REQUEST
-
-_THREAD_NETNS = "/proc/thread-self/ns/net"
-
-
-# -- the request ------------------------------------------------------------------
-
-
-def open_listener() -> socket.socket:
-    """A TCP listener on ``HOST:PORT`` in the calling thread's netns (the
-    thread's namespace decides, whichever thread uses the socket later).
-
-    Raises ``OSError`` (``EADDRINUSE``) if the address is taken in that
-    netns, including by a connection still in ``TIME_WAIT``.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(SOCKET_TIMEOUT)
-        # No SO_REUSEADDR, on purpose: a netns that already served a request
-        # must refuse the port, which shows each request had a fresh one.
-        sock.bind((HOST, PORT))
-        sock.listen(1)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def exchange(listener: socket.socket, request: int) -> int | None:
-    """Connect to ``listener`` from the calling thread's netns, send
-    ``hello from request N``, accept, echo it back and check the reply.
-    Returns the netns cookie of ``listener`` (see :func:`netns_cookie`).
-
-    Blocks the calling thread for about 0.1 ms; raises ``OSError`` or
-    ``ValueError`` (a wrong reply) if the exchange fails. The listener stays
-    open; the connection is closed.
-    """
-    message = f"hello from request {request}".encode()
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
-        client.settimeout(SOCKET_TIMEOUT)
-        client.connect(listener.getsockname())
-        conn, _peer = listener.accept()
-        with conn:
-            conn.settimeout(SOCKET_TIMEOUT)
-            client.sendall(message)
-            conn.sendall(_receive(conn, len(message)))
-            reply = _receive(client, len(message))
-    if reply != message:
-        raise ValueError(f"request {request}: sent {message!r}, got back {reply!r}")
-    return netns_cookie(listener)
-
-
-def handle(request: int) -> int | None:
-    """Serve request number ``request`` in the calling thread's netns: bind
-    ``HOST:PORT``, talk to itself (:func:`exchange`), close. Returns the
-    netns cookie. Meant for a thread inside a fresh netns with ``lo`` up."""
-    with open_listener() as listener:
-        return exchange(listener, request)
-
-
-def netns_cookie(sock: socket.socket) -> int | None:
-    """The cookie of the netns ``sock`` lives in: unique for the kernel's
-    uptime, unlike the netns's inode number. ``None`` before Linux 5.14."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
-    except OSError:
-        return None
-    cookie: int = struct.unpack("=Q", raw)[0]
-    return cookie
-
-
-def _receive(sock: socket.socket, size: int) -> bytes:
-    """Exactly ``size`` bytes from ``sock``, or fewer if it closes first."""
-    chunks: list[bytes] = []
-    left = size
-    while left:
-        chunk = sock.recv(left)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-# -- the baselines (on anyio worker threads) ----------------------------------------
-
-
-def _visit(enter: Callable[[], None], request: int) -> int | None:
-    """On the calling thread: ``enter()`` moves it into a netns; then ``lo``
-    up, :func:`handle`, and back home by fd, checked.
-
-    The thread is one of anyio's, reused for other work: if going home
-    failed it would stay in the netns, so that raises (and ends the demo).
-    """
-    home = _sys.open_ns(_THREAD_NETNS, Kind.NET)
-    try:
-        home_id = os.fstat(home).st_ino
-        enter()
-        try:
-            loopback_up()
-            return handle(request)
-        finally:
-            _sys.setns(home, Kind.NET)
-            if os.stat(_THREAD_NETNS).st_ino != home_id:
-                raise RuntimeError("a baseline thread could not go back to its netns")
-    finally:
-        os.close(home)
-
-
-def _fresh_netns_request(request: int) -> int | None:
-    """The baseline: a netns made on the spot by the request's own thread."""
-    return _visit(lambda: _sys.unshare(Kind.NET), request)
-
-
-def _ip(*args: str) -> None:
-    """Run ``ip ARGS``; raise ``RuntimeError`` with its message if it fails."""
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
-    if done.returncode:
-        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
-
-
-def _ip_netns_request(request: int, name: str) -> int | None:
-    """A named netns made and deleted by ``ip netns`` around the request."""
-    _ip("netns", "add", name)
-    try:
-        with NamespaceSet.from_name(name) as s:
-            fd = s.fds(Kind.NET)[Kind.NET]
-            return _visit(lambda: _sys.setns(fd, Kind.NET), request)
-    finally:
-        _ip("netns", "del", name)
 
 
 # -- measuring ------------------------------------------------------------------------
@@ -347,11 +214,11 @@ async def _measure(args: argparse.Namespace, console: Console, with_ip: bool) ->
     pid = os.getpid()
 
     async def fresh(number: int) -> int | None:
-        return await anyio.to_thread.run_sync(_fresh_netns_request, number, limiter=limiter)
+        return await anyio.to_thread.run_sync(fresh_netns_request, number, limiter=limiter)
 
     async def named(number: int) -> int | None:
         name = f"nspool-demo-{pid}-{number}"
-        return await anyio.to_thread.run_sync(_ip_netns_request, number, name, limiter=limiter)
+        return await anyio.to_thread.run_sync(ip_netns_request, number, name, limiter=limiter)
 
     progress = Progress(
         TextColumn("{task.description:<22}"),

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from nspool import Kind, Pool, Workers, _measure, cli, demo
+from nspool import Kind, Pool, Workers, _demo_request, _measure, cli, demo
 
 SMALL = ["demo", "--requests", "40", "--rate", "200", "--concurrency", "8", "--warm", "8"]
 VARIANTS = (demo.POOL, demo.PER_REQUEST, demo.IP_NETNS)
@@ -252,7 +252,8 @@ def test_failing_requests_give_a_non_zero_exit_code(
             raise ConnectionResetError(errno.ECONNRESET, "fake failure of request 3")
         return real(request)
 
-    monkeypatch.setattr(demo, "handle", flaky)
+    monkeypatch.setattr(demo, "handle", flaky)  # the pool's variant
+    monkeypatch.setattr(_demo_request, "handle", flaky)  # the baselines'
     argv = ["demo", "--requests", "10", "--rate", "200", "--concurrency", "4", "--warm", "4"]
     # Burst requests are numbered after the paced ones: 10 to 17 here.
     assert cli.main([*argv, "--burst", "2"]) == 1

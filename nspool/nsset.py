@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 import sniffio
 
 from . import _sys
-from ._options import PROC_FLAGS, SetOptions, UnshareOptions
-from ._userns import REAP_SOURCE, make_in_helper
+from ._options import SetOptions, UnshareOptions
+from ._pidinit import PidInit as _PidInit
+from ._userns import make_in_helper
 from .errors import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
@@ -85,148 +86,6 @@ _NO_OPTIONS = SetOptions()
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 KindsArg = Kind | int | str | Iterable[str | Kind]
-
-# The init of a fresh pid namespace: it reaps orphans reparented to it, and
-# exits when its stdin closes, i.e. when the set releases it or this process
-# dies. Its exit makes the kernel kill everything else in the namespace.
-# With an argument it first mounts /proc for its namespace (a private
-# /proc must be mounted from inside the pid namespace) and reports on
-# stdout: "ok", or the errno of the mount.
-_INIT_SOURCE = (
-    "import os, signal, sys\n"
-    + REAP_SOURCE
-    + """\
-signal.signal(signal.SIGCHLD, reap)
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-if len(sys.argv) > 1:
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = (ctypes.c_char_p,) * 3 + (ctypes.c_ulong, ctypes.c_void_p)
-    failed = libc.mount(b"proc", b"/proc", b"proc", int(sys.argv[1]), None) == -1
-    os.write(1, str(ctypes.get_errno()).encode() if failed else b"ok")
-    os.close(1)
-    if failed:
-        sys.exit(1)
-while os.read(0, 64):
-    pass
-"""
-)
-
-
-#: Seconds ``close()`` waits for a pid namespace's init to be reaped before
-#: leaving it to be reaped later (see :meth:`_PidInit.release`).
-INIT_REAP_WAIT = 0.2
-_unreaped: list[subprocess.Popen[bytes]] = []
-_unreaped_lock = threading.Lock()
-
-
-def _reap_finished_inits() -> None:
-    """Reap inits whose exit has completed since they were left pending."""
-    with _unreaped_lock:
-        _unreaped[:] = [p for p in _unreaped if p.poll() is None]
-
-
-class _PidInit:
-    """The minimal init process that keeps a fresh pid namespace usable.
-
-    A new pid namespace has no id until its first process exists, and once
-    that process (its PID 1) exits every later fork into it fails with
-    ``ENOMEM``. So a set that creates a pid namespace starts this init in it
-    and keeps it for the set's life; sets that share the namespace (``dup``,
-    nested sets) share the init by reference count. Releasing the last
-    reference ends the init, and with it every process in the namespace.
-    """
-
-    def __init__(self, process: subprocess.Popen[bytes], *, pid: int | None = None) -> None:
-        """``process`` is the init, or (for a set made in a helper process,
-        ``pid`` given) the helper that is the init's parent: the init ends
-        when the helper does."""
-        self._process = process
-        self._pid = process.pid if pid is None else pid
-        self._refs = 1
-        self._lock = threading.Lock()
-
-    @property
-    def pid(self) -> int:
-        """The init's pid as this process sees it."""
-        return self._pid
-
-    def alive(self) -> bool:
-        """Whether the init still runs (a zombie counts as gone: its pid
-        namespace takes no new process once PID 1 has exited)."""
-        if self._pid == self._process.pid:
-            return self._process.poll() is None
-        try:
-            with open(f"/proc/{self._pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return False
-        return state not in (b"Z", b"X", b"x")
-
-    @classmethod
-    def start(cls, *, mount_proc: bool = False) -> _PidInit:
-        """Start the init from the calling thread, whose ``pid_for_children``
-        must be the new pid namespace. Not ``os.fork()``: ``subprocess``
-        execs at once, so no lock of this threaded interpreter is inherited.
-
-        ``mount_proc``: the init mounts a ``/proc`` of its pid namespace on
-        ``/proc`` (the calling thread must be in a new mount namespace),
-        and this waits until it has.
-        """
-        argv = [_sys.python(), "-I", "-S", "-c", _INIT_SOURCE]
-        if mount_proc:
-            argv.append(str(PROC_FLAGS))
-        try:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE if mount_proc else subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                close_fds=True,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise from_errno(
-                exc.errno or errno.EIO, syscall="fork", kind=Kind.PID, detail="starting init"
-            ) from exc
-        init = cls(process)
-        if mount_proc:
-            assert process.stdout is not None
-            with process.stdout:
-                answer = process.stdout.read()
-            if answer != b"ok":
-                init.release()
-                code = int(answer) if answer.isdigit() else errno.EIO
-                raise from_errno(
-                    code, syscall="mount", kind=Kind.PID, path="/proc", detail="private /proc"
-                )
-        return init
-
-    def acquire(self) -> _PidInit:
-        with self._lock:
-            self._refs += 1
-        return self
-
-    def release(self) -> None:
-        """Drop one reference; the last one ends the init and reaps it."""
-        with self._lock:
-            self._refs -= 1
-            if self._refs:
-                return
-        for pipe in (self._process.stdin, self._process.stdout):
-            if pipe is not None:
-                pipe.close()
-        with contextlib.suppress(ProcessLookupError):
-            self._process.kill()
-        # An init's exit completes only once every process of its namespace
-        # is reaped, and those may be our own children that the caller has
-        # yet to wait for: do not block on it, reap it later instead.
-        try:
-            self._process.wait(timeout=INIT_REAP_WAIT)
-        except subprocess.TimeoutExpired:
-            with _unreaped_lock:
-                _unreaped.append(self._process)
-        _reap_finished_inits()
 
 
 class _HomeFds(dict[Kind, int]):

@@ -1,12 +1,12 @@
 """The parent's side of a pid namespace's init: :class:`PidInit`.
 
-The init is the child program :mod:`nspool._ns_child` (mode ``init``), a
-fresh interpreter started as ``python -I -S FILE init [PROC_FLAGS]``: it
-reaps orphans reparented to it, and exits when its stdin closes, i.e. when
-the set releases it or this process dies. Its exit makes the kernel kill
-everything else in the namespace. With ``PROC_FLAGS`` it first mounts
-``/proc`` for its namespace (a private ``/proc`` must be mounted from inside
-the pid namespace) and reports on stdout: ``ok``, or the errno of the mount.
+The init is the child program :mod:`nspool._pidinit_child`, a fresh
+interpreter started as ``python -I -S FILE PROC_FLAGS|-``: it reaps orphans
+reparented to it, and exits when its stdin closes, i.e. when the set
+releases it or this process dies. Its exit makes the kernel kill everything
+else in the namespace. With ``PROC_FLAGS`` it first mounts ``/proc`` for its
+namespace (a private ``/proc`` must be mounted from inside the pid
+namespace) and reports on stdout: ``ok``, or the errno of the mount.
 
 For a set made in a helper process (:mod:`nspool._userns`) the init is the
 helper's child, and a :class:`PidInit` holds the helper instead.
@@ -26,8 +26,8 @@ from .kinds import Kind
 
 __all__ = ["INIT_REAP_WAIT", "PidInit", "reap_finished_inits"]
 
-#: The init's program (mode ``init``).
-_CHILD = _sys.child_program("_ns_child.py")
+#: The init's program.
+_CHILD = _sys.child_program("_pidinit_child.py")
 
 #: Seconds ``close()`` waits for a pid namespace's init to be reaped before
 #: leaving it to be reaped later (see :meth:`PidInit.release`).
@@ -89,9 +89,7 @@ class PidInit:
         ``/proc`` (the calling thread must be in a new mount namespace),
         and this waits until it has.
         """
-        argv = [_sys.python(), "-I", "-S", _CHILD, "init"]
-        if mount_proc:
-            argv.append(str(PROC_FLAGS))
+        argv = [_sys.python(), "-I", "-S", _CHILD, str(PROC_FLAGS) if mount_proc else "-"]
         try:
             process = subprocess.Popen(
                 argv,

@@ -7,8 +7,8 @@ small helper process, started with ``subprocess`` (an exec of a fresh
 interpreter, never ``os.fork()`` of this threaded one), that joins the base
 set, creates the namespaces, and waits while this process writes the id maps
 from outside and opens the namespaces through ``/proc/HELPER/ns``. The
-helper is the child program :mod:`nspool._ns_child` (mode ``helper``),
-started as ``python -I -S FILE helper CONFIG_JSON``.
+helper is the child program :mod:`nspool._userns_child`, started as
+``python -I -S FILE CONFIG_JSON``.
 
 The helper talks on its stdout, one line per step, each within
 :data:`HELPER_WAIT` seconds (else it is killed and a :class:`NamespaceError`
@@ -46,8 +46,8 @@ __all__ = ["HELPER_WAIT", "Helper", "make_in_helper", "write_id_maps"]
 #: Seconds to wait for the helper at each step before giving up on it.
 HELPER_WAIT = 10.0
 
-#: The helper's program (mode ``helper``).
-_CHILD = _sys.child_program("_ns_child.py")
+#: The helper's program.
+_CHILD = _sys.child_program("_userns_child.py")
 
 
 class Helper:
@@ -100,7 +100,7 @@ def make_in_helper(
     config["proc"] = PROC_FLAGS if options.private_proc else 0
     try:
         process = subprocess.Popen(
-            [_sys.python(), "-I", "-S", _CHILD, "helper", json.dumps(config)],
+            [_sys.python(), "-I", "-S", _CHILD, json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -1,17 +1,20 @@
 """nspool's child programs are real module files: the pid namespace's init
-and the user-namespace helper (``_ns_child.py``), and the exec wrapper of
-processes that join a user or time namespace (``_enter_child.py``).
+(``_pidinit_child.py``), the user-namespace helper (``_userns_child.py``),
+and the exec wrapper of processes that join a user or time namespace
+(``_enter_child.py``).
 
 Each is in the package (so ruff and mypy read it), imports only the standard
-library, and run as ``python -I -S FILE`` with wrong arguments fails with a
-usage line and no traceback. And a helper that hangs is given up on within
-``HELPER_WAIT`` at each step, with an error naming the step and its pid.
+library (the helper also the init's file, its sibling), and run as
+``python -I -S FILE`` with wrong arguments fails with a usage line and no
+traceback. And a helper that hangs is given up on within ``HELPER_WAIT`` at
+each step, with an error naming the step and its pid.
 """
 
 from __future__ import annotations
 
 import ast
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -28,20 +31,32 @@ from .test_faults_nsset import bounded
 from .test_userns import children
 
 PACKAGE = Path(nspool.__file__).parent
-CHILDREN = ["_ns_child.py", "_enter_child.py", "_creator_child.py"]
+CHILDREN = ["_pidinit_child.py", "_userns_child.py", "_enter_child.py", "_creator_child.py"]
+#: Modules of the package a child program may import at run time (from its
+#: own directory, put on sys.path by itself).
+SIBLINGS = {"_pidinit_child"}
+
+#: A helper's CONFIG that asks for nothing: it answers "R 0" at once.
+NOTHING: dict[str, object] = {
+    **dict.fromkeys(["user", "first", "mnt", "uts", "time", "pid"], 0),
+    **dict.fromkeys(["propagation", "tmp_flags", "proc"], 0),
+    **{"tmp": False, "tmp_data": "", "offsets": "", "hostname": None, "domainname": None},
+    "join": [],
+}
 
 #: Wrong argument lists, per child program.
 BAD_ARGS = {
-    "_ns_child.py": [
+    "_pidinit_child.py": [[], ["x"], ["-1"], ["1", "2"], [""]],
+    "_userns_child.py": [
         [],
-        ["bogus"],
-        ["init", "x"],
-        ["init", "1", "2"],
-        ["helper"],
-        ["helper", "not json"],
-        ["helper", "[]"],
-        ["helper", '{"join": []}'],
-        ["helper", '{"join": [[3]], "user": 0}'],
+        ["not json"],
+        ["[]"],
+        [json.dumps(NOTHING), "more"],
+        [json.dumps({**NOTHING, "join": [[3]]})],
+        [json.dumps({**NOTHING, "join": 3})],
+        [json.dumps({**NOTHING, "user": "x"})],
+        [json.dumps({**NOTHING, "hostname": 5})],
+        [json.dumps({k: v for k, v in NOTHING.items() if k != "offsets"})],
     ],
     "_enter_child.py": [[], ["3:4", ""], ["3:x", "", "true"], ["3", "", "true"]],
 }
@@ -61,12 +76,15 @@ def run_child(name: str, *args: str, timeout: float = 30) -> subprocess.Complete
 @pytest.mark.parametrize("name", CHILDREN)
 def test_child_is_a_stdlib_only_module_of_the_package(name: str) -> None:
     """The file is in the package, is where the parents start it from, and
-    imports only the standard library (nothing of nspool, no relative
-    import)."""
+    imports at run time only the standard library and its siblings (nothing
+    of nspool, no relative import; ``if TYPE_CHECKING:`` blocks aside)."""
     path = PACKAGE / name
     assert path.is_file()
     assert _sys.child_program(name) == str(path)
     tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            node.body = []
     imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -76,13 +94,14 @@ def test_child_is_a_stdlib_only_module_of_the_package(name: str) -> None:
             assert node.module is not None
             imported.add(node.module.split(".")[0])
     assert imported, name
-    assert imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
+    assert imported <= sys.stdlib_module_names | SIBLINGS, imported - sys.stdlib_module_names
 
 
 def test_parents_start_the_files() -> None:
     """The init and the helper are started from the file, and the source
     strings they used to be run from are gone."""
-    assert _pidinit._CHILD == _userns._CHILD == str(PACKAGE / "_ns_child.py")
+    assert str(PACKAGE / "_pidinit_child.py") == _pidinit._CHILD
+    assert str(PACKAGE / "_userns_child.py") == _userns._CHILD
     for module, name in [
         (nsset, "_INIT_SOURCE"),
         (_userns, "REAP_SOURCE"),
@@ -108,16 +127,17 @@ def test_wrong_arguments_fail_cleanly(name: str, args: list[str]) -> None:
 
 
 def test_init_exits_when_its_stdin_closes() -> None:
-    """Mode ``init`` without arguments (no /proc to mount) waits on stdin
+    """The init with no /proc to mount (``-``) says nothing, waits on stdin
     and exits 0 at its end."""
-    done = subprocess.run(
-        [_sys.python(), "-I", "-S", _pidinit._CHILD, "init"],
-        input=b"",
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    done = run_child("_pidinit_child.py", "-")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_helper_asked_for_nothing() -> None:
+    """A helper asked to make nothing answers "R 0" (no init) and exits 0
+    when its stdin closes."""
+    done = run_child("_userns_child.py", json.dumps(NOTHING))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "R 0\n", "")
 
 
 def test_enter_child_exit_statuses(tmp_path: Path) -> None:

@@ -222,3 +222,21 @@ def test_a_stopped_helper_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     error = _unshare_bounded(Kind.USER | Kind.NET | Kind.PID)
     assert len(stopped) == 1
     _assert_timed_out(error, "making the namespaces", stopped[0])
+
+
+def test_pidinit_is_a_lower_layer() -> None:
+    """nspool._pidinit (the parent's side of the init) imports only lower
+    layers of nspool, never nsset, workers, pool or aio; nsset imports it."""
+    allowed = {"errors", "kinds", "_sys", "_options", "_userns"}
+    tree = ast.parse((PACKAGE / "_pidinit.py").read_text())
+    ours: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            ours |= {node.module} if node.module else {a.name for a in node.names}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = (
+                [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            )
+            assert all(n and n.split(".")[0] in sys.stdlib_module_names for n in names), names
+    assert ours <= allowed, ours - allowed
+    assert vars(nsset)["_PidInit"] is _pidinit.PidInit

@@ -10,7 +10,8 @@ that points up. Child programs (``*_child``) import nothing of nspool.
 
 - primitives: ``errors``, ``kinds``, ``_sys``
 - a set's fds, a thread's own namespaces: ``_handle``, ``_thread_ns``
-- what a new set holds, child programs: ``_options``, ``_creator_child``
+- what a new set holds; the child programs: ``_options``, ``_creator_child``,
+  ``_pidinit_child``, ``_userns_child``, ``_enter_child``
 - sets made in a helper process, rootless mode: ``_userns``, ``rootless``
 - creating sets: ``_pidinit``, ``_loopback``, ``_create``, ``_creator_proc``
 - persistence, opening what exists: ``_persist``, ``_open``

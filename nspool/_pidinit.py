@@ -1,9 +1,15 @@
-"""The init process that keeps a fresh pid namespace usable (the parent's side).
+"""The parent's side of a pid namespace's init: :class:`PidInit`.
 
-A new pid namespace has no id until its first process exists, and once that
-process (its PID 1) exits every later fork into it fails with ``ENOMEM``.
-A set that creates one starts :class:`PidInit` in it and keeps it for the
-set's life.
+The init is the child program :mod:`nspool._pidinit_child`, a fresh
+interpreter started as ``python -I -S FILE PROC_FLAGS|-``: it reaps orphans
+reparented to it, and exits when its stdin closes, i.e. when the set
+releases it or this process dies. Its exit makes the kernel kill everything
+else in the namespace. With ``PROC_FLAGS`` it first mounts ``/proc`` for its
+namespace (a private ``/proc`` must be mounted from inside the pid
+namespace) and reports on stdout: ``ok``, or the errno of the mount.
+
+For a set made in a helper process (:mod:`nspool._userns`) the init is the
+helper's child, and a :class:`PidInit` holds the helper instead.
 """
 
 from __future__ import annotations
@@ -15,38 +21,13 @@ import threading
 
 from . import _sys
 from ._options import PROC_FLAGS
-from ._userns import REAP_SOURCE
 from .errors import from_errno
 from .kinds import Kind
 
-__all__ = ["INIT_REAP_WAIT", "PidInit"]
+__all__ = ["INIT_REAP_WAIT", "PidInit", "reap_finished_inits"]
 
-# The init of a fresh pid namespace: it reaps orphans reparented to it, and
-# exits when its stdin closes, i.e. when the set releases it or this process
-# dies. Its exit makes the kernel kill everything else in the namespace.
-# With an argument it first mounts /proc for its namespace (a private
-# /proc must be mounted from inside the pid namespace) and reports on
-# stdout: "ok", or the errno of the mount.
-_INIT_SOURCE = (
-    "import os, signal, sys\n"
-    + REAP_SOURCE
-    + """\
-signal.signal(signal.SIGCHLD, reap)
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-if len(sys.argv) > 1:
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = (ctypes.c_char_p,) * 3 + (ctypes.c_ulong, ctypes.c_void_p)
-    failed = libc.mount(b"proc", b"/proc", b"proc", int(sys.argv[1]), None) == -1
-    os.write(1, str(ctypes.get_errno()).encode() if failed else b"ok")
-    os.close(1)
-    if failed:
-        sys.exit(1)
-while os.read(0, 64):
-    pass
-"""
-)
-
+#: The init's program.
+_CHILD = _sys.child_program("_pidinit_child.py")
 
 #: Seconds ``close()`` waits for a pid namespace's init to be reaped before
 #: leaving it to be reaped later (see :meth:`PidInit.release`).
@@ -55,7 +36,7 @@ _unreaped: list[subprocess.Popen[bytes]] = []
 _unreaped_lock = threading.Lock()
 
 
-def _reap_finished_inits() -> None:
+def reap_finished_inits() -> None:
     """Reap inits whose exit has completed since they were left pending."""
     with _unreaped_lock:
         _unreaped[:] = [p for p in _unreaped if p.poll() is None]
@@ -108,9 +89,7 @@ class PidInit:
         ``/proc`` (the calling thread must be in a new mount namespace),
         and this waits until it has.
         """
-        argv = [_sys.python(), "-I", "-S", "-c", _INIT_SOURCE]
-        if mount_proc:
-            argv.append(str(PROC_FLAGS))
+        argv = [_sys.python(), "-I", "-S", _CHILD, str(PROC_FLAGS) if mount_proc else "-"]
         try:
             process = subprocess.Popen(
                 argv,
@@ -161,4 +140,4 @@ class PidInit:
         except subprocess.TimeoutExpired:
             with _unreaped_lock:
                 _unreaped.append(self._process)
-        _reap_finished_inits()
+        reap_finished_inits()

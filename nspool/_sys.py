@@ -45,6 +45,7 @@ __all__ = [
     "NS_GET_NSTYPE",
     "PIDFD_THREAD",
     "backend",
+    "child_program",
     "current_cpu",
     "mount",
     "ns_inode_at",
@@ -423,6 +424,17 @@ def python() -> str:
     if os.access(sys.executable, os.X_OK):
         return sys.executable
     return "/proc/self/exe"
+
+
+#: The directory of this package, where its child programs are.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def child_program(name: str) -> str:
+    """The path of one of nspool's child programs (``_*_child.py`` in this
+    package): stdlib-only scripts that import nothing of nspool, started as
+    ``python -I -S PATH ARG...`` with :func:`python`."""
+    return os.path.join(_HERE, name)
 
 
 def may_return(fd: int) -> bool:

@@ -6,9 +6,13 @@ namespace must be created by a task inside it. So such sets are made by a
 small helper process, started with ``subprocess`` (an exec of a fresh
 interpreter, never ``os.fork()`` of this threaded one), that joins the base
 set, creates the namespaces, and waits while this process writes the id maps
-from outside and opens the namespaces through ``/proc/HELPER/ns``.
+from outside and opens the namespaces through ``/proc/HELPER/ns``. The
+helper is the child program :mod:`nspool._userns_child`, started as
+``python -I -S FILE CONFIG_JSON``.
 
-The helper talks on its stdout, one line per step::
+The helper talks on its stdout, one line per step, each within
+:data:`HELPER_WAIT` seconds (else it is killed and a :class:`NamespaceError`
+names the step)::
 
     U            user namespace made: write the maps, then send one byte
     R INIT_PID   done (INIT_PID 0 without a pid namespace)
@@ -27,7 +31,9 @@ import contextlib
 import errno
 import json
 import os
+import select
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 
 from . import _sys
@@ -35,93 +41,13 @@ from ._options import PROC_FLAGS, TMP_DATA, TMP_FLAGS, IdMap, SetOptions, map_te
 from .errors import NamespaceError, from_errno
 from .kinds import SETNS_ORDER, Kind
 
-__all__ = ["HELPER_WAIT", "REAP_SOURCE", "Helper", "make_in_helper", "write_id_maps"]
+__all__ = ["HELPER_WAIT", "Helper", "make_in_helper", "write_id_maps"]
 
 #: Seconds to wait for the helper at each step before giving up on it.
 HELPER_WAIT = 10.0
 
-#: Python source of a SIGCHLD handler that reaps every finished child, for
-#: the init of a pid namespace (the one nspool starts from a thread, and the
-#: one a helper process forks).
-REAP_SOURCE = """\
-def reap(*_):
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        pass
-"""
-
-_HELPER_SOURCE = (
-    "import ctypes, json, os, signal, sys\n"
-    + REAP_SOURCE
-    + """\
-cfg = json.loads(sys.argv[1])
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mount.argtypes = (ctypes.c_char_p,) * 3 + (ctypes.c_ulong, ctypes.c_char_p)
-def say(line):
-    os.write(1, (line + "\\n").encode())
-def fail(code, syscall, detail):
-    say("E %d %s %s" % (code, syscall, detail))
-    os._exit(1)
-def check(rc, syscall, detail):
-    if rc == -1:
-        fail(ctypes.get_errno(), syscall, detail)
-for fd, nstype in cfg["join"]:
-    check(libc.setns(fd, nstype), "setns", nstype)
-    os.close(fd)
-if cfg["user"]:
-    check(libc.unshare(cfg["user"]), "unshare", cfg["user"])
-    say("U")
-    if not os.read(0, 1):
-        os._exit(0)
-if cfg["first"]:
-    check(libc.unshare(cfg["first"]), "unshare", cfg["first"])
-if cfg["mnt"]:
-    check(libc.mount(None, b"/", None, cfg["propagation"], None), "mount", "%d /" % cfg["mnt"])
-if cfg["tmp"]:
-    check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", cfg["tmp_flags"], cfg["tmp_data"].encode()),
-          "mount", "%d /tmp" % cfg["mnt"])
-for call, name in (("sethostname", cfg["hostname"]), ("setdomainname", cfg["domainname"])):
-    if name is not None:
-        raw = name.encode()
-        check(getattr(libc, call)(raw, len(raw)), call, cfg["uts"])
-if cfg["time"]:
-    check(libc.unshare(cfg["time"]), "unshare", cfg["time"])
-    if cfg["offsets"]:
-        try:
-            with open("/proc/self/timens_offsets", "w") as f:
-                f.write(cfg["offsets"])
-        except OSError as exc:
-            fail(exc.errno, "write", "%d /proc/self/timens_offsets" % cfg["time"])
-init = 0
-if cfg["pid"]:
-    check(libc.unshare(cfg["pid"]), "unshare", cfg["pid"])
-    life_r, life_w = os.pipe()
-    ready_r, ready_w = os.pipe()
-    init = os.fork()
-    if init == 0:
-        os.close(life_w)
-        os.close(ready_r)
-        signal.signal(signal.SIGCHLD, reap)
-        if cfg["proc"] and libc.mount(b"proc", b"/proc", b"proc", cfg["proc"], None) == -1:
-            os.write(ready_w, str(ctypes.get_errno()).encode())
-            os._exit(1)
-        os.write(ready_w, b"ok")
-        os.close(ready_w)
-        while os.read(life_r, 1):
-            pass
-        os._exit(0)
-    os.close(life_r)
-    os.close(ready_w)
-    answer = os.read(ready_r, 64)
-    if answer != b"ok":
-        fail(int(answer) if answer.isdigit() else 5, "mount", "%d /proc" % cfg["pid"])
-say("R %d" % init)
-while os.read(0, 64):
-    pass
-"""
-)
+#: The helper's program.
+_CHILD = _sys.child_program("_userns_child.py")
 
 
 class Helper:
@@ -131,10 +57,6 @@ class Helper:
     def __init__(self, process: subprocess.Popen[bytes], init_pid: int) -> None:
         self.process = process
         self.init_pid = init_pid
-
-    def end(self) -> None:
-        """Stop the helper and reap it; its init (if any) follows it."""
-        end_helper(self.process)
 
 
 def end_helper(process: subprocess.Popen[bytes]) -> None:
@@ -178,7 +100,7 @@ def make_in_helper(
     config["proc"] = PROC_FLAGS if options.private_proc else 0
     try:
         process = subprocess.Popen(
-            [_sys.python(), "-I", "-S", "-c", _HELPER_SOURCE, json.dumps(config)],
+            [_sys.python(), "-I", "-S", _CHILD, json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -193,12 +115,12 @@ def make_in_helper(
     fds: dict[Kind, int] = {}
     try:
         if kinds & Kind.USER:
-            _expect(process, kinds, "U")
+            _expect(process, kinds, "U", "making the user namespace")
             write_id_maps(process.pid, options.uid_map, options.gid_map)
             assert process.stdin is not None
             process.stdin.write(b"m")
             process.stdin.flush()
-        init_pid = int(_expect(process, kinds, "R"))
+        init_pid = int(_expect(process, kinds, "R", "making the namespaces"))
         ns_dir = f"/proc/{process.pid}/ns"
         for kind in kinds.singles():
             fds[kind] = _sys.open_ns(f"{ns_dir}/{kind.for_children_name}", kind, pid=process.pid)
@@ -212,11 +134,21 @@ def make_in_helper(
     return fds, None
 
 
-def _expect(process: subprocess.Popen[bytes], kinds: Kind, tag: str) -> str:
+def _expect(process: subprocess.Popen[bytes], kinds: Kind, tag: str, step: str) -> str:
     """Read the helper's next line; its text after ``tag``. A failure
-    line becomes the matching :class:`NamespaceError`."""
+    line becomes the matching :class:`NamespaceError`, and so does no line
+    within :data:`HELPER_WAIT` seconds (naming ``step``)."""
     assert process.stdout is not None
-    line = process.stdout.readline().decode().strip()
+    raw = _read_line(process.stdout.fileno(), HELPER_WAIT)
+    if raw is None:
+        raise NamespaceError(
+            errno.ETIMEDOUT,
+            syscall="unshare",
+            kind=kinds,
+            pid=process.pid,
+            detail=f"the helper process gave no answer within {HELPER_WAIT} s ({step})",
+        )
+    line = raw.decode().strip()
     if line.startswith(tag):
         return line[len(tag) :].strip()
     if line.startswith("E "):
@@ -237,6 +169,25 @@ def _expect(process: subprocess.Popen[bytes], kinds: Kind, tag: str) -> str:
         pid=process.pid,
         detail=f"the helper process ended early ({line or 'no answer'})",
     )
+
+
+def _read_line(fd: int, timeout: float) -> bytes | None:
+    """One line from the pipe ``fd`` (or what came before end of file), or
+    None if it is not complete within ``timeout`` seconds. Reads a byte at
+    a time, so that nothing after the line is taken from the pipe."""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            return None
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+    return line
 
 
 def write_id_maps(pid: int, uid_map: Sequence[IdMap], gid_map: Sequence[IdMap]) -> None:

@@ -575,7 +575,7 @@ async def open_process_in(
         # cwd is looked up after joining: a setns into a mount namespace
         # moves the process to its root.
         cwd = os.fsdecode(popen_options.pop("cwd", "") or "")
-        args = [_sys.python(), "-I", "-S", "-c", _ENTER_SOURCE, spec, cwd, *argv]
+        args = [_sys.python(), "-I", "-S", _sys.child_program("_enter_child.py"), spec, cwd, *argv]
         shell = False
         popen_options["pass_fds"] = (*popen_options.get("pass_fds", ()), *own.values())
 
@@ -623,30 +623,6 @@ async def open_process_in(
     await wait_done(future, lambda: None if future.exception() else discard(future.result()))
     popen, pidfd = future.result()
     return NamespaceProcess(popen, pidfd)
-
-
-# Run in the process started for a set with a user or time namespace other
-# than the workers': join the set (a single-threaded process may join a
-# user or time namespace), change to cwd, then exec the command.
-# argv: "FD:NSTYPE,..." (in setns order), cwd or "", then the command.
-_ENTER_SOURCE = """\
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-for spec in filter(None, sys.argv[1].split(",")):
-    fd, nstype = (int(v) for v in spec.split(":"))
-    if libc.setns(fd, nstype) == -1:
-        err = ctypes.get_errno()
-        os.write(2, ("nspool: setns(%d): %s\\n" % (nstype, os.strerror(err))).encode())
-        os._exit(126)
-    os.close(fd)
-try:
-    if sys.argv[2]:
-        os.chdir(sys.argv[2])
-    os.execvp(sys.argv[3], sys.argv[3:])
-except OSError as exc:
-    os.write(2, ("nspool: %s: %s\\n" % (exc.filename or sys.argv[3], exc.strerror)).encode())
-    os._exit(127)
-"""
 
 
 def _close_all(inner: HasHandle | None, own: Mapping[Kind, int]) -> None:

@@ -35,13 +35,10 @@ Guarantees:
 
 from __future__ import annotations
 
-import collections
 import contextvars
-import errno
 import functools
 import logging
 import os
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -52,12 +49,12 @@ import anyio.to_thread
 
 from ._creator_proc import PROCESS_KINDS
 from ._options import SetOptions, UnshareOptions
+from ._pool_book import PoolBook
 from ._pool_closer import Closer, close_bound
 from ._pool_creators import PROCESS_BATCH as PROCESS_BATCH  # re-exported: read it here
 from ._pool_creators import Creators, PoolSide, cpu_set
 from ._pool_state import Recycler, net_state
 from .aio import no_async_library, wait_done
-from .errors import PoolClosedError
 from .kinds import Kind, KindsArg
 from .nsset import NamespaceSet
 from .workers import Workers, default_workers
@@ -189,7 +186,7 @@ def _check_callable(name: str, value: object) -> None:
         raise TypeError(f"{name} must be callable or None, not {value!r}")
 
 
-class Pool:
+class Pool(PoolBook):
     """Fresh namespace sets of ``kinds``, ``warm`` of them made ahead.
 
     ``lo`` is brought up in each new netns (``loopback=False`` leaves it
@@ -257,15 +254,21 @@ class Pool:
         creator_cpus: Iterable[int] | None = None,
         **options: Unpack[UnshareOptions],
     ) -> None:
-        self.kinds = Kind.require(kinds, what="Pool")
-        self._options = SetOptions.make(self.kinds, **options)
-        self.warm = _check_int("warm", warm, 0)
-        self._n_creators = _check_int("creators", creators, 1, MAX_CREATORS)
+        kind = Kind.require(kinds, what="Pool")
+        self._options = SetOptions.make(kind, **options)
+        _check_int("warm", warm, 0)
+        n_creators = _check_int("creators", creators, 1, MAX_CREATORS)
         if max_sets is not None:
             _check_int("max_sets", max_sets, 0)
             if max_sets < max(1, warm):
                 raise ValueError("max_sets must be at least warm (and at least 1)")
-        self.max_sets = max_sets
+        super().__init__(
+            kind,
+            warm=warm,
+            max_sets=max_sets,
+            backoff=_backoff_bounds,
+            latency_window=LATENCY_WINDOW,
+        )
         for name, fn in (("after_create", after_create), ("recycle", recycle), ("verify", verify)):
             _check_callable(name, fn)
         if not isinstance(loopback, bool):
@@ -294,28 +297,6 @@ class Pool:
             )
         )
         self._workers = workers
-
-        self._lock = threading.Lock()
-        # Conditions on the one lock, so that each event wakes only the
-        # threads it concerns: a wake-up of a creator on the request path
-        # costs a request hundreds of microseconds on 2 CPUs.
-        self._refill = threading.Condition(self._lock)  # creators
-        self._takers = threading.Condition(self._lock)  # get(): a set, room or a miss slot
-        self._warmth = threading.Condition(self._lock)  # wait_ready()
-        self._ready: collections.deque[NamespaceSet] = collections.deque()
-        self._leased: set[NamespaceSet] = set()
-        self._baseline: dict[NamespaceSet, object] = {}
-        self._creating = 0
-        self._missing = 0  # of _creating: misses made by takers
-        self._recycling = 0
-        self._running = False
-        self._closed = False
-        self._backoff = 0.0
-        self._created = self._discarded = self._recycled = 0
-        self._hits = self._misses = self._failures = 0
-        self._last_failure: str | None = None
-        self._last_error: BaseException | None = None
-        self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         # The pool's helpers, on a small interface each (no private field).
         self._creators = Creators(
             PoolSide(
@@ -331,7 +312,7 @@ class Pool:
             ),
             self.kinds,
             self._options,
-            n=self._n_creators,
+            n=n_creators,
             use_processes=can_process if creator_processes is None else creator_processes,
             cpus=cpus,
             loopback=loopback and bool(self.kinds & Kind.NET),
@@ -585,29 +566,6 @@ class Pool:
                 raise self._closed_error()
             return self._hand_out_ready() if self._ready else None
 
-    def _hand_out_ready(self) -> NamespaceSet:
-        """Lease the oldest ready set (a hit). Call with the lock held."""
-        s = self._ready.popleft()
-        self._leased.add(s)
-        self._hits += 1
-        self._refill.notify()  # one set gone: one creator refills
-        return s
-
-    def _offer_locked(self, s: NamespaceSet) -> None:
-        """Under the lock: ``s`` is ready; wake one taker, and whoever waits
-        for the pool to be warm once it is."""
-        self._ready.append(s)
-        self._takers.notify()
-        if len(self._ready) >= self.warm:
-            self._warmth.notify_all()
-
-    def _made_room(self) -> None:
-        """Under the lock: the pool holds one set fewer. Only a pool bounded
-        by ``max_sets`` has threads waiting for that."""
-        if self.max_sets is not None:
-            self._refill.notify()
-            self._takers.notify()
-
     def _drop(self, s: NamespaceSet) -> None:
         """Take back a leased set that must not be reused (its call was
         abandoned): thrown away, never recycled. Any thread."""
@@ -672,19 +630,6 @@ class Pool:
 
     # -- inside -------------------------------------------------------------------------
 
-    def _is_closed(self) -> bool:
-        # A method, not the attribute: another thread changes it while we
-        # wait, which a type checker's narrowing cannot know.
-        return self._closed
-
-    def _closed_error(self) -> PoolClosedError:
-        return PoolClosedError(
-            errno.EBADF, syscall="Pool", kind=self.kinds, detail="the pool is closed"
-        )
-
-    def _total(self) -> int:
-        return len(self._ready) + len(self._leased) + self._creating + self._recycling
-
     def _workers_or_default(self) -> Workers:
         return self._workers if self._workers is not None else default_workers()
 
@@ -703,13 +648,6 @@ class Pool:
                 self._baseline[s] = baseline
         return s
 
-    def _record_failure(self, exc: BaseException, what: str = "") -> None:
-        with self._lock:
-            self._failures += 1
-            self._last_failure = f"{what}{type(exc).__name__}: {exc}"
-            self._last_error = exc
-            self._warmth.notify_all()
-
     def _discard(self, s: NamespaceSet) -> None:
         """Throw ``s`` away: to the closer, or closed here at once when the
         closer's backlog is at its bound (each pending set holds fds) or the
@@ -721,73 +659,11 @@ class Pool:
         if closed or not self._closer.offer(s):
             s.close()
 
-    # -- the creators' side (PoolSide) -----------------------------------------------
 
-    def _claim(self, most: int) -> int:
-        """On a creator: wait until the pool is short, then count up to
-        ``most`` sets as being created; how many (0: stop)."""
-        with self._lock:
-            count = min(self._wait_for_need(), most)
-            if count <= 0:
-                return 0
-            self._creating += count
-            return count
-
-    def _await_need(self) -> bool:
-        """On a creator: wait until the pool is short; ``False``: stop."""
-        with self._lock:
-            return self._wait_for_need() > 0
-
-    def _wait_for_need(self) -> int:
-        """Under the lock, on a creator: wait out the back-off, then until the
-        pool is short of ``warm``; returns how many sets to make (0: stop)."""
-        # After a failure, wait out the back-off first, uncounted, so that a
-        # taker at max_sets can try (and see the error) itself; close() ends
-        # the wait.
-        until = time.monotonic() + self._backoff
-        while self._running and (left := until - time.monotonic()) > 0:
-            self._refill.wait(left)
-        while self._running and self._short() <= 0:
-            self._refill.wait()
-        return self._short() if self._running else 0
-
-    def _short(self) -> int:
-        short = self.warm - len(self._ready) - (self._creating - self._missing)
-        if self.max_sets is not None:
-            short = min(short, self.max_sets - self._total())
-        return short
-
-    def _failed_creating(self, exc: BaseException, count: int) -> None:
-        logger.warning("nspool pool: creating a %s set failed: %s", self.kinds, exc)
-        with self._lock:
-            self._creating -= count
-            self._back_off()
-            # Takers waiting for room try themselves (and see the error).
-            self._takers.notify_all()
-
-    def _gave_up(self, count: int) -> None:
-        with self._lock:
-            self._creating -= count
-
-    def _creator_replaced(self) -> None:
-        with self._lock:
-            self._back_off()
-            self._refill.notify_all()
-            self._takers.notify_all()
-
-    def _back_off(self) -> None:
-        """Under the lock: double the creators' back-off."""
-        self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
-
-    def _offer_made(self, s: NamespaceSet) -> None:
-        with self._lock:
-            self._creating -= 1
-            self._backoff = 0.0
-            keep = not self._is_closed()
-            if keep:
-                self._offer_locked(s)
-        if not keep:
-            s.close()
+def _backoff_bounds() -> tuple[float, float]:
+    """The creators' back-off bounds, read at each failure:
+    :data:`BACKOFF_MIN` and :data:`BACKOFF_MAX` as they are now."""
+    return BACKOFF_MIN, BACKOFF_MAX
 
 
 def _close_pace() -> tuple[int, float]:

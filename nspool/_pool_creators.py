@@ -212,7 +212,7 @@ class _Creator:
 class Creators:
     """``n`` creator threads making sets of ``kinds`` (with ``options``) for
     the pool behind ``pool``; with creator processes when ``use_processes``
-    (which must then make sense: see :func:`can_use_processes`), on
+    (which must then make sense: see :meth:`can_use_processes`), on
     ``cpus`` (``None``: :func:`default_creator_cpus` at :meth:`start`).
 
     A set made in this process gets ``lo`` up (``loopback``) then

@@ -31,6 +31,13 @@ Guarantees:
   one itself (a *miss*) and so sees such an error directly.
 * Closing the pool closes every set it holds and waits for its threads and
   processes; sets leased out at that moment are closed when they come back.
+
+This module is the pool's front: its lifetime, taking and giving back,
+running a callable in a fresh set, and its tunables. Its parts, each on a
+small interface: the counts under the lock (:mod:`nspool._pool_book`, the
+base of :class:`Pool`), the creators (:mod:`nspool._pool_creators`), the
+closer (:mod:`nspool._pool_closer`), the recycle check and the after-create
+hook (:mod:`nspool._pool_state`).
 """
 
 from __future__ import annotations

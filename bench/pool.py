@@ -123,7 +123,7 @@ def close_interval(rate: float) -> Iterator[None]:
 def closer_backlog(pool: Pool) -> int:
     """Discarded sets the closer has not closed yet (``PoolStats`` does not
     say; a private attribute, read without the lock: a deque's length)."""
-    return len(pool._to_close)
+    return pool._closer.pending
 
 
 def wait_until(what: str, done: Callable[[], bool], timeout: float = 30.0) -> float:

@@ -17,7 +17,9 @@ that points up. Child programs (``*_child``) import nothing of nspool.
 - persistence, opening what exists: ``_persist``, ``_open``
 - workers: ``workers``
 - awaiting from an event loop, sockets, processes: ``aio``
-- the user's types: ``nsset``, ``net``, ``pool``
+- the user's types: ``nsset``, ``net``
+- a pool's insides: ``_pool_state``, ``_pool_book``, ``_pool_creators``, ``_pool_closer``
+- the pool: ``pool``
 - commands and measurement: ``pytest_plugin``, ``_exec``, ``_measure``, ``_demo_request``, ``demo``,
   ``_doctor``, ``cli``, ``__main__``, ``__init__``
 """

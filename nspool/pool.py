@@ -31,39 +31,40 @@ Guarantees:
   one itself (a *miss*) and so sees such an error directly.
 * Closing the pool closes every set it holds and waits for its threads and
   processes; sets leased out at that moment are closed when they come back.
+
+This module is the pool's front: its lifetime, taking and giving back,
+running a callable in a fresh set, and its tunables. Its parts, each on a
+small interface: the counts under the lock (:mod:`nspool._pool_book`, the
+base of :class:`Pool`), the creators (:mod:`nspool._pool_creators`), the
+closer (:mod:`nspool._pool_closer`), the recycle check and the after-create
+hook (:mod:`nspool._pool_state`).
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import contextvars
-import errno
 import functools
 import logging
 import os
-import resource
-import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar, Unpack
 
 import anyio
 import anyio.to_thread
 
-from . import _sys
-from ._creator_proc import PROCESS_KINDS, CreatorLostError, CreatorProcess
-from ._handle import close_fds
+from ._creator_proc import PROCESS_KINDS
 from ._options import SetOptions, UnshareOptions
-from ._thread_ns import CHECKED, THREAD_NS_DIR, ThreadLinks, run_as_current
+from ._pool_book import PoolBook
+from ._pool_closer import Closer, close_bound
+from ._pool_creators import PROCESS_BATCH as PROCESS_BATCH  # re-exported: read it here
+from ._pool_creators import Creators, PoolSide, cpu_set
+from ._pool_state import Recycler, net_state
 from .aio import no_async_library, wait_done
-from .errors import NamespaceError, PoolClosedError
 from .kinds import Kind, KindsArg
-from .net import loopback_up
-from .nsset import NamespaceSet, create_set
-from .workers import Workers, _Home, default_workers
+from .nsset import NamespaceSet
+from .workers import Workers, default_workers
 
 __all__ = [
     "BACKOFF_MAX",
@@ -77,6 +78,7 @@ __all__ = [
     "Lease",
     "Pool",
     "PoolStats",
+    "net_state",
 ]
 
 logger = logging.getLogger("nspool")
@@ -100,8 +102,6 @@ TAKE_WAIT = 0.03
 MAX_MISSES_AT_ONCE = max(1, len(os.sched_getaffinity(0)))
 #: The most creators a pool may have.
 MAX_CREATORS = 16
-#: Most sets asked of a creator process at once.
-PROCESS_BATCH = 8
 #: Seconds between two looks at the pool in ``await_ready``.
 READY_POLL = 0.005
 
@@ -132,205 +132,51 @@ class PoolStats:
     creator_losses: int = 0
 
 
-class _Stranded(Exception):
-    """A creator thread could not get back home after making a set."""
-
-
-#: Kinds a creator thread can make on itself and leave again by ``setns``.
-_IN_PLACE = Kind.NET | Kind.UTS | Kind.IPC | Kind.CGROUP
-
-
-class _Creator:
-    """A creator thread's means to make sets on itself, saving a thread
-    start (about 0.1 ms, a fifth of a netns) per set: unshare, open the new
-    namespaces, run the hook still inside, then ``setns`` back home by fd and
-    check every namespace link against home (the hook may have moved the
-    thread anywhere). Only for kinds in :data:`_IN_PLACE`."""
-
-    def __init__(self, kinds: Kind, *, in_place: bool) -> None:
-        self.in_place = in_place and not kinds & ~_IN_PLACE
-        self.kinds = kinds
-        #: Why this thread could not go home after a set, if it could not.
-        self.stranded: str | None = None
-        # The same means a worker has: its home's fds and ids, and a reader
-        # of its own links.
-        self.home: _Home | None = None
-        self.links: ThreadLinks | None = None
-        if not self.in_place:
-            return
-        self.home = _Home(use_anchor=False, spawner=False)
-        self.links = ThreadLinks()
-
-    def make(
-        self, kinds: Kind, hook: Callable[[NamespaceSet], object] | None, options: SetOptions
-    ) -> NamespaceSet:
-        fds: dict[Kind, int] = {}
-        s: NamespaceSet | None = None
-        try:
-            _sys.unshare(kinds)
-            options.apply_on_thread(kinds)
-            for kind in kinds.singles():
-                path = os.path.join(THREAD_NS_DIR, kind.proc_name)
-                fds[kind] = _sys.open_ns(path, kind)
-            s = NamespaceSet(fds)
-            if hook is not None:
-                run_as_current(s, hook, s)
-        except BaseException:
-            if s is not None:
-                s.close()
-            else:
-                close_fds(fds.values())
-            self._try_home(kinds)
-            raise
-        self._try_home(kinds)
-        return s
-
-    def _try_home(self, kinds: Kind) -> None:
-        """Go home; if that fails, the set just made is still good, but this
-        thread is not: say so in :attr:`stranded` for the creator loop."""
-        try:
-            self._go_home(kinds)
-        except _Stranded as exc:
-            self.stranded = str(exc)
-
-    def _go_home(self, kinds: Kind) -> None:
-        """Back home in ``kinds`` by fd, then check every link: the hook may
-        have moved the thread in other kinds too."""
-        home = self.home
-        assert home is not None
-        assert self.links is not None
-        # In rootless mode home cannot be reached again: the creator waits
-        # in limbo instead, so that it keeps no set alive (see workers).
-        back = home.fds if home.returnable else home.limbo_fds
-        back_ids = home.ids if home.returnable else home.limbo_ids
-        try:
-            for kind in kinds.singles():
-                _sys.setns(back[kind], kind)
-            for kind, ino in self.links.read(CHECKED).items():
-                if ino != (back_ids[kind] if kind in kinds else home.ids[kind]):
-                    raise _Stranded(f"still in another {kind} namespace after going home")
-        except OSError as exc:
-            raise _Stranded(f"cannot go home: {exc}") from exc
-
-    def close(self) -> None:
-        if self.links is not None:
-            self.links.close()
-        if self.home is not None:
-            self.home.close()
-
-
 class Lease:
-    """A set taken from a pool for the length of a ``with`` block."""
+    """A set taken from a pool for the length of a ``with`` or ``async
+    with`` block (:meth:`Pool.lease`): ``take``/``give_back`` are the
+    pool's :meth:`~Pool.get`/:meth:`~Pool.put`, ``take_async`` and
+    ``give_back_async`` their versions that do not block an event loop."""
 
-    def __init__(self, pool: Pool, timeout: float | None) -> None:
-        self._pool = pool
+    def __init__(
+        self,
+        timeout: float | None,
+        *,
+        take: Callable[[float | None], NamespaceSet],
+        give_back: Callable[[NamespaceSet], None],
+        take_async: Callable[[], Awaitable[NamespaceSet]],
+        give_back_async: Callable[[NamespaceSet], Awaitable[None]],
+    ) -> None:
         self._timeout = timeout
+        self._take = take
+        self._give_back = give_back
+        self._take_async = take_async
+        self._give_back_async = give_back_async
         self._set: NamespaceSet | None = None
 
     def __enter__(self) -> NamespaceSet:
         if self._set is not None:
             raise RuntimeError("a Lease is entered once")
-        self._set = self._pool.get(self._timeout)
+        self._set = self._take(self._timeout)
         return self._set
 
     def __exit__(self, *exc_info: object) -> None:
         s, self._set = self._set, None
         if s is not None:
-            self._pool.put(s)
+            self._give_back(s)
 
     async def __aenter__(self) -> NamespaceSet:
         """Take a set without blocking the event loop (a miss is made on a
         thread)."""
         if self._set is not None:
             raise RuntimeError("a Lease is entered once")
-        self._set = await self._pool._take_async()
+        self._set = await self._take_async()
         return self._set
 
     async def __aexit__(self, *exc_info: object) -> None:
         s, self._set = self._set, None
         if s is not None:
-            await self._pool._give_back_async(s)
-
-
-def net_state() -> tuple[object, ...]:
-    """What a tenant may leave behind in the calling thread's netns: links
-    (from the netns's own ``/proc/thread-self/net/dev``; ``/sys/class/net``
-    shows the mounter's), addresses, routes, and firewall state (iptables
-    tables in use; the nftables ruleset where ``nft`` is installed). Compared
-    by the pool before it reuses a recycled set. Also every readable
-    sysctl under ``/proc/sys/net`` (which shows the reader's netns), so that a
-    tenant's ``ip_forward=1`` is not handed to the next."""
-    files = []
-    for name in ("dev", "if_inet6", "route", "ipv6_route", "fib_trie", "ip_tables_names"):
-        # Through the host's /proc: a set's private /proc would not show
-        # this thread at thread-self.
-        try:
-            fd = os.open(
-                f"thread-self/net/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=_sys.HOST_PROC
-            )
-        except FileNotFoundError:
-            text = ""
-        else:
-            with open(fd) as f:
-                text = f.read()
-        if name == "dev":  # drop the counters, keep the interface names
-            text = " ".join(line.split(":")[0].strip() for line in text.splitlines()[2:])
-        files.append(text)
-    ruleset = ""
-    with contextlib.suppress(OSError):
-        ruleset = subprocess.run(
-            ["nft", "list", "ruleset"], capture_output=True, text=True, timeout=10
-        ).stdout
-    return (*files, ruleset, _net_sysctls())
-
-
-def _net_sysctls() -> tuple[tuple[str, str], ...]:
-    """``(path, value)`` of every readable file under ``/proc/sys/net``, as
-    the calling thread's netns has them (through the host's ``/proc``)."""
-    values: list[tuple[str, str]] = []
-    top = os.open("sys/net", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=_sys.HOST_PROC)
-    try:
-        for root, _dirs, names, root_fd in os.fwalk(".", dir_fd=top):
-            for name in names:
-                try:
-                    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=root_fd)
-                except OSError:
-                    continue  # write-only (flush) or not ours to read
-                try:
-                    values.append((f"{root}/{name}", os.read(fd, 4096).decode(errors="replace")))
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
-    finally:
-        os.close(top)
-    return tuple(sorted(values))
-
-
-def _cpu_set(value: Iterable[int] | None) -> frozenset[int] | None:
-    """``creator_cpus`` checked: ``None`` (the default rule, decided at
-    start), or CPUs this process may run on."""
-    if value is None:
-        return None
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise TypeError(f"creator_cpus must be CPU numbers or None, not {value!r}")
-    cpus = frozenset(value)
-    allowed = os.sched_getaffinity(0)
-    if not cpus or any(not isinstance(c, int) or isinstance(c, bool) for c in cpus):
-        raise TypeError(f"creator_cpus must be CPU numbers, not {value!r}")
-    if not cpus <= allowed:
-        raise ValueError(f"creator_cpus {sorted(cpus - allowed)} are not among {sorted(allowed)}")
-    return cpus
-
-
-def _default_creator_cpus() -> frozenset[int]:
-    """Every CPU this process may use except the calling thread's (the one
-    that starts the pool, most often the event loop's), when there are two
-    or more; on one CPU, that one."""
-    allowed = os.sched_getaffinity(0)
-    if len(allowed) < 2:
-        return frozenset(allowed)
-    return frozenset(allowed - {_sys.current_cpu()}) or frozenset(allowed)
+            await self._give_back_async(s)
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -347,7 +193,7 @@ def _check_callable(name: str, value: object) -> None:
         raise TypeError(f"{name} must be callable or None, not {value!r}")
 
 
-class Pool:
+class Pool(PoolBook):
     """Fresh namespace sets of ``kinds``, ``warm`` of them made ahead.
 
     ``lo`` is brought up in each new netns (``loopback=False`` leaves it
@@ -415,15 +261,21 @@ class Pool:
         creator_cpus: Iterable[int] | None = None,
         **options: Unpack[UnshareOptions],
     ) -> None:
-        self.kinds = Kind.require(kinds, what="Pool")
-        self._options = SetOptions.make(self.kinds, **options)
-        self.warm = _check_int("warm", warm, 0)
-        self._n_creators = _check_int("creators", creators, 1, MAX_CREATORS)
+        kind = Kind.require(kinds, what="Pool")
+        self._options = SetOptions.make(kind, **options)
+        _check_int("warm", warm, 0)
+        n_creators = _check_int("creators", creators, 1, MAX_CREATORS)
         if max_sets is not None:
             _check_int("max_sets", max_sets, 0)
             if max_sets < max(1, warm):
                 raise ValueError("max_sets must be at least warm (and at least 1)")
-        self.max_sets = max_sets
+        super().__init__(
+            kind,
+            warm=warm,
+            max_sets=max_sets,
+            backoff=_backoff_bounds,
+            latency_window=LATENCY_WINDOW,
+        )
         for name, fn in (("after_create", after_create), ("recycle", recycle), ("verify", verify)):
             _check_callable(name, fn)
         if not isinstance(loopback, bool):
@@ -432,50 +284,48 @@ class Pool:
             raise TypeError(f"creator_processes must be a bool or None, not {creator_processes!r}")
         if workers is not None and not isinstance(workers, Workers):
             raise TypeError(f"workers must be a Workers or None, not {workers!r}")
-        self._creator_cpus = _cpu_set(creator_cpus)
-        can_process = not self.kinds & ~PROCESS_KINDS and self._options == SetOptions()
+        cpus = cpu_set(creator_cpus)
+        can_process = Creators.can_use_processes(self.kinds, self._options)
         if creator_processes and not can_process:
             raise ValueError(
                 f"creator processes make only {PROCESS_KINDS} sets without options, "
                 f"not {self.kinds} sets with {self._options}"
             )
-        self._use_processes = can_process if creator_processes is None else creator_processes
-        self._loopback = loopback and bool(self.kinds & Kind.NET)
-        self._user_hook = after_create
-        self._after_create = _compose_hook(self._loopback, after_create)
         self._recycle = recycle
-        self._verify = (
-            verify if verify is not None else (net_state if self.kinds & Kind.NET else None)
+        self._recycler = (
+            None
+            if recycle is None
+            else Recycler(
+                self.kinds,
+                recycle,
+                verify,
+                workers=self._workers_or_default,
+                record_failure=self._record_failure,
+            )
         )
         self._workers = workers
-
-        self._lock = threading.Lock()
-        # Conditions on the one lock, so that each event wakes only the
-        # threads it concerns: a wake-up of a creator on the request path
-        # costs a request hundreds of microseconds on 2 CPUs.
-        self._refill = threading.Condition(self._lock)  # creators
-        self._takers = threading.Condition(self._lock)  # get(): a set, room or a miss slot
-        self._warmth = threading.Condition(self._lock)  # wait_ready()
-        self._to_close_added = threading.Condition(self._lock)  # the closer
-        self._ready: collections.deque[NamespaceSet] = collections.deque()
-        self._leased: set[NamespaceSet] = set()
-        self._baseline: dict[NamespaceSet, object] = {}
-        self._creating = 0
-        self._missing = 0  # of _creating: misses made by takers
-        self._recycling = 0
-        self._in_place = True
-        self._running = False
-        self._closed = False
-        self._threads: list[threading.Thread] = []
-        self._processes: set[CreatorProcess] = set()
-        self._to_close: collections.deque[NamespaceSet] = collections.deque()
-        self._close_bound = _close_bound()
-        self._backoff = 0.0
-        self._created = self._discarded = self._recycled = 0
-        self._hits = self._misses = self._failures = self._losses = 0
-        self._last_failure: str | None = None
-        self._last_error: BaseException | None = None
-        self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        # The pool's helpers, on a small interface each (no private field).
+        self._creators = Creators(
+            PoolSide(
+                claim=self._claim,
+                wait_for_need=self._await_need,
+                offer_made=self._offer_made,
+                failed_creating=self._failed_creating,
+                gave_up=self._gave_up,
+                record_failure=self._record_failure,
+                made=self._made,
+                creator_replaced=self._creator_replaced,
+                workers=self._workers_or_default,
+            ),
+            self.kinds,
+            self._options,
+            n=n_creators,
+            use_processes=can_process if creator_processes is None else creator_processes,
+            cpus=cpus,
+            loopback=loopback and bool(self.kinds & Kind.NET),
+            after_create=after_create,
+        )
+        self._closer = Closer(bound=close_bound(CLOSE_BACKLOG), pace=_close_pace)
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -489,18 +339,9 @@ class Pool:
             if self._running:
                 return self
             self._running = True
-            if self._creator_cpus is None:
-                self._creator_cpus = _default_creator_cpus()
-            loop = self._process_loop if self._use_processes else self._create_loop
-            self._threads = [
-                threading.Thread(target=loop, name=f"nspool-creator-{i}", daemon=True)
-                for i in range(self._n_creators)
-            ]
-            self._threads.append(
-                threading.Thread(target=self._close_loop, name="nspool-closer", daemon=True)
-            )
-            for thread in self._threads:
-                thread.start()
+            # Under the lock, so that close() never sees them unstarted.
+            self._creators.start()
+            self._closer.start(self._creators.cpus)
         return self
 
     def close(self) -> None:
@@ -515,18 +356,11 @@ class Pool:
             ready = list(self._ready)
             self._ready.clear()
             self._baseline.clear()
-            for cond in (self._refill, self._takers, self._warmth, self._to_close_added):
+            for cond in (self._refill, self._takers, self._warmth):
                 cond.notify_all()
-            threads = list(self._threads)
-            processes = list(self._processes)
-        for process in processes:  # a creator blocked on its socket wakes at once
-            process.close()
-        for thread in threads:
-            thread.join()
-        with self._lock:
-            pending = list(self._to_close)
-            self._to_close.clear()
-        for s in (*ready, *pending):
+        self._creators.stop()
+        self._closer.close()
+        for s in ready:
             s.close()
 
     def __enter__(self) -> Pool:
@@ -678,7 +512,7 @@ class Pool:
                     wait = deadline - now if wait is None else min(wait, deadline - now)
                 self._takers.wait(wait)
         try:
-            s = self._make()
+            s = self._creators.make()
         except BaseException:
             with self._lock:
                 self._creating -= 1
@@ -720,7 +554,8 @@ class Pool:
         if not reuse:
             self._discard(s)
             return
-        held = self._reset_holds(s, baseline)
+        assert self._recycler is not None
+        held = self._recycler.reset_holds(s, baseline)
         with self._lock:
             self._recycling -= 1
             self._made_room()
@@ -738,29 +573,6 @@ class Pool:
                 raise self._closed_error()
             return self._hand_out_ready() if self._ready else None
 
-    def _hand_out_ready(self) -> NamespaceSet:
-        """Lease the oldest ready set (a hit). Call with the lock held."""
-        s = self._ready.popleft()
-        self._leased.add(s)
-        self._hits += 1
-        self._refill.notify()  # one set gone: one creator refills
-        return s
-
-    def _offer_locked(self, s: NamespaceSet) -> None:
-        """Under the lock: ``s`` is ready; wake one taker, and whoever waits
-        for the pool to be warm once it is."""
-        self._ready.append(s)
-        self._takers.notify()
-        if len(self._ready) >= self.warm:
-            self._warmth.notify_all()
-
-    def _made_room(self) -> None:
-        """Under the lock: the pool holds one set fewer. Only a pool bounded
-        by ``max_sets`` has threads waiting for that."""
-        if self.max_sets is not None:
-            self._refill.notify()
-            self._takers.notify()
-
     def _drop(self, s: NamespaceSet) -> None:
         """Take back a leased set that must not be reused (its call was
         abandoned): thrown away, never recycled. Any thread."""
@@ -770,9 +582,20 @@ class Pool:
         self._discard(s)
 
     def lease(self, timeout: float | None = None) -> Lease:
-        """``with pool.lease() as s:`` or ``async with pool.lease() as s:``:
-        :meth:`get` on entry, :meth:`put` on exit."""
-        return Lease(self, timeout)
+        """A set for the length of a block, as a context manager of either
+        kind: ``with pool.lease() as s:`` takes it with :meth:`get` and gives
+        it back with :meth:`put` (blocking the thread); ``async with
+        pool.lease() as s:`` (asyncio or Trio) takes a ready one at once or
+        makes one on a thread, and gives it back shielded from cancellation,
+        without blocking the event loop. ``timeout`` bounds the wait, as in
+        :meth:`get`."""
+        return Lease(
+            timeout,
+            take=self.get,
+            give_back=self.put,
+            take_async=self._take_async,
+            give_back_async=self._give_back_async,
+        )
 
     def run_sync(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run ``fn`` on a worker inside a fresh set, then give the set back
@@ -801,8 +624,8 @@ class Pool:
                 last_failure=self._last_failure,
                 create_p50=lat[len(lat) // 2] if lat else None,
                 create_p99=lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
-                closing=len(self._to_close),
-                creator_losses=self._losses,
+                closing=self._closer.pending,
+                creator_losses=self._creators.losses,
             )
 
     def __repr__(self) -> str:
@@ -814,48 +637,13 @@ class Pool:
 
     # -- inside -------------------------------------------------------------------------
 
-    def _is_closed(self) -> bool:
-        # A method, not the attribute: another thread changes it while we
-        # wait, which a type checker's narrowing cannot know.
-        return self._closed
-
-    def _is_stopping(self) -> bool:
-        return not self._running
-
-    def _closed_error(self) -> PoolClosedError:
-        return PoolClosedError(
-            errno.EBADF, syscall="Pool", kind=self.kinds, detail="the pool is closed"
-        )
-
-    def _total(self) -> int:
-        return len(self._ready) + len(self._leased) + self._creating + self._recycling
-
     def _workers_or_default(self) -> Workers:
         return self._workers if self._workers is not None else default_workers()
-
-    def _make(self, creator: _Creator | None = None) -> NamespaceSet:
-        """Create one set in this process and run the hooks inside it;
-        record the outcome. Runs outside the lock: on a creator thread,
-        which makes the set on itself when it can go home again, or on a
-        taker's thread (a miss), which hands the work to a throwaway helper
-        thread."""
-        started = time.perf_counter()
-        try:
-            if creator is not None and creator.in_place:
-                s = creator.make(self.kinds, self._after_create, self._options)
-            else:
-                s = create_set(
-                    NamespaceSet, self.kinds, None, self._after_create, options=self._options
-                )
-        except BaseException as exc:
-            self._record_failure(exc)
-            raise
-        return self._made(s, started)
 
     def _made(self, s: NamespaceSet, started: float) -> NamespaceSet:
         """Record a set made since ``started``, with its recycle baseline."""
         try:
-            baseline = self._state_of(s) if self._recycle is not None else None
+            baseline = self._recycler.baseline(s) if self._recycler is not None else None
         except BaseException as exc:
             s.close()
             self._record_failure(exc)
@@ -867,296 +655,25 @@ class Pool:
                 self._baseline[s] = baseline
         return s
 
-    def _record_failure(self, exc: BaseException, *, what: str = "") -> None:
-        with self._lock:
-            self._failures += 1
-            self._last_failure = f"{what}{type(exc).__name__}: {exc}"
-            self._last_error = exc
-            self._warmth.notify_all()
-
-    def _state_of(self, s: NamespaceSet) -> object:
-        if self._verify is None:
-            return None
-        return self._workers_or_default().run_sync(s, self._verify)
-
-    def _reset_holds(self, s: NamespaceSet, baseline: object) -> bool:
-        """Run the recycle hook inside ``s`` and check its state against the
-        one it was first offered with. A hook that fails or a state that
-        differs is counted as a failure."""
-        assert self._recycle is not None
-        workers = self._workers_or_default()
-        try:
-            workers.run_sync(s, self._recycle, s)
-            if self._verify is None or workers.run_sync(s, self._verify) == baseline:
-                return True
-            raise NamespaceError(
-                errno.EBUSY,
-                syscall="recycle",
-                kind=self.kinds,
-                detail="the set's state after recycle differs from its first offer; thrown away",
-            )
-        except Exception as exc:
-            logger.warning("nspool pool: recycling %r failed: %s", s, exc)
-            self._record_failure(exc, what="recycle: ")
-            return False
-
     def _discard(self, s: NamespaceSet) -> None:
         """Throw ``s`` away: to the closer, or closed here at once when the
-        closer's backlog is at its bound (each pending set holds fds)."""
+        closer's backlog is at its bound (each pending set holds fds) or the
+        pool is closed."""
         with self._lock:
             self._discarded += 1
             self._made_room()
-            if not self._closed and len(self._to_close) < self._close_bound:
-                self._to_close.append(s)
-                if len(self._to_close) == 1:
-                    self._to_close_added.notify()
-                return
-        s.close()
-
-    # -- creators -----------------------------------------------------------------------
-
-    def _wait_for_need(self) -> int:
-        """Under the lock, on a creator: wait out the back-off, then until the
-        pool is short of ``warm``; returns how many sets to make (0: stop)."""
-        # After a failure, wait out the back-off first, uncounted, so that a
-        # taker at max_sets can try (and see the error) itself; close() ends
-        # the wait.
-        until = time.monotonic() + self._backoff
-        while self._running and (left := until - time.monotonic()) > 0:
-            self._refill.wait(left)
-        while self._running and self._short() <= 0:
-            self._refill.wait()
-        return self._short() if self._running else 0
-
-    def _short(self) -> int:
-        short = self.warm - len(self._ready) - (self._creating - self._missing)
-        if self.max_sets is not None:
-            short = min(short, self.max_sets - self._total())
-        return short
-
-    def _failed_creating(self, exc: BaseException, count: int) -> None:
-        logger.warning("nspool pool: creating a %s set failed: %s", self.kinds, exc)
-        with self._lock:
-            self._creating -= count
-            self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
-            # Takers waiting for room try themselves (and see the error).
-            self._takers.notify_all()
-
-    def _offer_made(self, s: NamespaceSet) -> None:
-        with self._lock:
-            self._creating -= 1
-            self._backoff = 0.0
-            keep = not self._is_closed()
-            if keep:
-                self._offer_locked(s)
-        if not keep:
+            closed = self._closed
+        if closed or not self._closer.offer(s):
             s.close()
 
-    def _pin_here(self) -> None:
-        """Move the calling creator thread to the creator CPUs."""
-        if self._creator_cpus:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, self._creator_cpus)
 
-    def _process_loop(self) -> None:
-        """A creator thread with a creator process: ask it for what the pool
-        lacks (at most :data:`PROCESS_BATCH` at once), offer each set as it
-        arrives. A lost process is counted and replaced, after a back-off."""
-        self._pin_here()
-        process: CreatorProcess | None = None
-        try:
-            while True:
-                with self._lock:
-                    count = min(self._wait_for_need(), PROCESS_BATCH)
-                    if count <= 0:
-                        return
-                    self._creating += count
-                started = time.perf_counter()
-                try:
-                    if process is None:
-                        process = self._start_process()
-                    process.request(count)
-                except Exception as exc:
-                    if process is None:  # could not be started (EMFILE, say)
-                        self._record_failure(exc)
-                    self._lose(process, exc)
-                    process = None
-                    self._failed_creating(exc, count)
-                    continue
-                for left in range(count, 0, -1):
-                    try:
-                        s = self._receive(process, started)
-                    except CreatorLostError as exc:
-                        if self._is_stopping():
-                            with self._lock:
-                                self._creating -= left
-                            return
-                        self._lose(process, exc)
-                        process = None
-                        self._failed_creating(exc, left)
-                        break
-                    except Exception as exc:
-                        self._failed_creating(exc, 1)
-                    else:
-                        self._offer_made(s)
-                    started = time.perf_counter()
-        finally:
-            self._lose(process, None)
-
-    def _start_process(self) -> CreatorProcess:
-        process = CreatorProcess(self.kinds, cpus=self._creator_cpus or (), loopback=self._loopback)
-        with self._lock:
-            self._processes.add(process)
-            if not self._running:  # close() may have missed it
-                self._processes.discard(process)
-                process.close()
-        return process
-
-    def _lose(self, process: CreatorProcess | None, exc: BaseException | None) -> None:
-        """End ``process``; with ``exc``, count its loss (a closing pool's
-        processes are not lost)."""
-        if process is None:
-            return
-        with self._lock:
-            self._processes.discard(process)
-            lost = exc is not None and self._running
-            if lost:
-                self._losses += 1
-        process.close()
-        if lost:
-            assert exc is not None
-            logger.warning("nspool pool: creator process replaced: %s", exc)
-            self._record_failure(exc)
-
-    def _receive(self, process: CreatorProcess, started: float) -> NamespaceSet:
-        """The next set from ``process``, its user hook run on a worker."""
-        try:
-            fds = process.receive()
-        except CreatorLostError:
-            raise
-        except BaseException as exc:
-            self._record_failure(exc)
-            raise
-        s = NamespaceSet(fds)
-        if self._user_hook is not None:
-            try:
-                self._workers_or_default().run_sync(s, self._user_hook, s)
-            except BaseException as exc:
-                s.close()
-                self._record_failure(exc)
-                raise
-        return self._made(s, started)
-
-    def _create_loop(self) -> None:
-        """A creator thread making sets in this process: keep ``warm`` sets
-        ready, backing off after failures. A creator whose thread cannot be
-        trusted any more (the hook moved it and it could not go home) starts
-        a fresh one and ends."""
-        self._pin_here()
-        creator: _Creator | None = None
-        try:
-            creator = self._new_creator()
-            if creator is not None:
-                self._create_until_stopped(creator)
-        except _Stranded as exc:
-            # The thread is not trusted any more; its replacement makes sets
-            # on throwaway helper threads from now on (a process in its own
-            # user namespace, for one, can never setns back home).
-            logger.warning("nspool pool: creator thread replaced: %s", exc)
-            with self._lock:
-                self._in_place = False
-                self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
-                self._refill.notify_all()
-                self._takers.notify_all()
-                if not self._running:
-                    return
-                fresh = threading.Thread(
-                    target=self._create_loop, name=threading.current_thread().name, daemon=True
-                )
-                self._threads.append(fresh)
-                # Started under the lock, so start() and close() never see
-                # it unstarted.
-                fresh.start()
-        finally:
-            if creator is not None:
-                creator.close()
-
-    def _new_creator(self) -> _Creator | None:
-        """The creator's means (fds of home), retried with back-off while it
-        cannot be had (``EMFILE``): ``None`` once the pool stops."""
-        while True:
-            with self._lock:
-                in_place = self._in_place
-            try:
-                return _Creator(self.kinds, in_place=in_place)
-            except OSError as exc:
-                self._record_failure(exc)
-                self._failed_creating(exc, 0)
-            with self._lock:
-                if self._wait_for_need() <= 0:
-                    return None
-
-    def _create_until_stopped(self, creator: _Creator) -> None:
-        while True:
-            with self._lock:
-                if self._wait_for_need() <= 0:
-                    return
-                self._creating += 1
-            try:
-                s = self._make(creator)
-            except Exception as exc:
-                self._failed_creating(exc, 1)
-            else:
-                self._offer_made(s)
-            if creator.stranded:
-                raise _Stranded(creator.stranded)
-
-    # -- closer -------------------------------------------------------------------------
-
-    def _close_loop(self) -> None:
-        """The closer thread: close discarded sets in small batches, at most
-        :data:`CLOSE_RATE` a second while the backlog is small, so that the
-        kernel's cleanup does not stall creations; at once down to half its
-        bound when it is behind. It runs on the creator CPUs, away from the
-        requests."""
-        self._pin_here()
-        while True:
-            with self._lock:
-                while self._running and not self._to_close:
-                    self._to_close_added.wait()
-                if not self._to_close:
-                    return
-                behind = len(self._to_close) - self._close_bound // 2
-                count = max(1, int(CLOSE_RATE * CLOSE_TICK), behind)
-                batch = [self._to_close.popleft() for _ in range(min(count, len(self._to_close)))]
-                more = bool(self._to_close)
-            for s in batch:
-                s.close()
-            if more and CLOSE_TICK:
-                time.sleep(CLOSE_TICK)
+def _backoff_bounds() -> tuple[float, float]:
+    """The creators' back-off bounds, read at each failure:
+    :data:`BACKOFF_MIN` and :data:`BACKOFF_MAX` as they are now."""
+    return BACKOFF_MIN, BACKOFF_MAX
 
 
-def _compose_hook(
-    loopback: bool, hook: Callable[[NamespaceSet], object] | None
-) -> Callable[[NamespaceSet], object] | None:
-    """The hook a set made in this process gets: ``lo`` up first (when
-    ``loopback``), then the user's."""
-    if not loopback:
-        return hook
-    if hook is None:
-        return lambda _s: loopback_up()
-
-    def both(s: NamespaceSet) -> object:
-        loopback_up()
-        return hook(s)
-
-    return both
-
-
-def _close_bound() -> int:
-    """The most discarded sets waiting for the closer: :data:`CLOSE_BACKLOG`,
-    or an eighth of the soft ``RLIMIT_NOFILE`` if that is less."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return CLOSE_BACKLOG
-    return max(8, min(CLOSE_BACKLOG, soft // 8))
+def _close_pace() -> tuple[int, float]:
+    """The closer's pace, read before every batch: :data:`CLOSE_RATE` and
+    :data:`CLOSE_TICK` as they are now (tests and bench set them)."""
+    return CLOSE_RATE, CLOSE_TICK

@@ -49,7 +49,7 @@ def inside_witness() -> Iterator[InsideWitnesses]:
 
 def _creator_pids(pool: Pool) -> list[int]:
     # White box: the live creator processes (to kill one).
-    return [p.pid for p in pool._processes]
+    return [p.pid for p in pool._creators.processes()]
 
 
 def _wait(predicate: object, timeout: float = 10.0) -> bool:
@@ -282,7 +282,7 @@ def test_the_closers_backlog_stays_bounded_under_a_low_fd_limit() -> None:
         before = len(os.listdir("/proc/self/fd"))
         errors, most = [], [0]
         with Pool(Kind.NET, warm=8) as pool:
-            bound = pool._close_bound
+            bound = pool._closer.bound
             stop = time.monotonic() + 3
             def run():
                 try:

@@ -56,6 +56,7 @@ import anyio.to_thread
 from . import _sys
 from ._creator_proc import PROCESS_KINDS, CreatorLostError, CreatorProcess
 from ._handle import close_fds
+from ._home import Home as _Home
 from ._options import SetOptions, UnshareOptions
 from ._thread_ns import CHECKED, THREAD_NS_DIR, ThreadLinks, run_as_current
 from .aio import no_async_library, wait_done
@@ -63,7 +64,7 @@ from .errors import NamespaceError, PoolClosedError
 from .kinds import Kind
 from .net import loopback_up
 from .nsset import KindsArg, NamespaceSet
-from .workers import Workers, _Home, default_workers
+from .workers import Workers, default_workers
 
 __all__ = [
     "BACKOFF_MAX",

@@ -36,7 +36,8 @@ Kernel limits a worker cannot lift: a multi-threaded process cannot join a
 user namespace (``EINVAL``) or a time namespace (``EUSERS``), so a set whose
 user or time namespace differs from home is refused with
 :class:`UnsupportedKindError`. Pid and time namespaces apply only to
-processes the callable starts.
+processes the callable starts; a set with a pid namespace keeps an init in it
+(see ``NamespaceSet``), so those processes are its PIDs 2, 3, ...
 """
 
 from __future__ import annotations

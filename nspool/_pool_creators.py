@@ -40,12 +40,13 @@ from dataclasses import dataclass
 from . import _sys
 from ._creator_proc import PROCESS_KINDS, CreatorLostError, CreatorProcess
 from ._handle import close_fds
+from ._home import Home, Stranded
 from ._options import SetOptions
 from ._pool_state import compose_hook
-from ._thread_ns import CHECKED, THREAD_NS_DIR, ThreadLinks, run_as_current
+from ._thread_ns import THREAD_NS_DIR, ThreadLinks, run_as_current
 from .kinds import Kind
 from .nsset import NamespaceSet, create_set
-from .workers import Workers, _Home
+from .workers import Workers
 
 __all__ = [
     "PROCESS_BATCH",
@@ -122,10 +123,6 @@ def pin_here(cpus: frozenset[int] | None) -> None:
             os.sched_setaffinity(0, cpus)
 
 
-class _Stranded(Exception):
-    """A creator thread could not get back home after making a set."""
-
-
 #: Kinds a creator thread can make on itself and leave again by ``setns``.
 _IN_PLACE = Kind.NET | Kind.UTS | Kind.IPC | Kind.CGROUP
 
@@ -144,11 +141,11 @@ class _Creator:
         self.stranded: str | None = None
         # The same means a worker has: its home's fds and ids, and a reader
         # of its own links.
-        self.home: _Home | None = None
+        self.home: Home | None = None
         self.links: ThreadLinks | None = None
         if not self.in_place:
             return
-        self.home = _Home(use_anchor=False, spawner=False)
+        self.home = Home(use_anchor=False, spawner=False)
         self.links = ThreadLinks()
 
     def make(
@@ -180,27 +177,19 @@ class _Creator:
         thread is not: say so in :attr:`stranded` for the creator loop."""
         try:
             self._go_home(kinds)
-        except _Stranded as exc:
+        except Stranded as exc:
             self.stranded = str(exc)
 
     def _go_home(self, kinds: Kind) -> None:
-        """Back home in ``kinds`` by fd, then check every link: the hook may
-        have moved the thread in other kinds too."""
-        home = self.home
-        assert home is not None
+        """Back home in ``kinds`` by fd (to limbo in rootless mode, so that it
+        keeps no set alive), then check every link: the hook may have moved
+        the thread in other kinds too."""
+        assert self.home is not None
         assert self.links is not None
-        # In rootless mode home cannot be reached again: the creator waits
-        # in limbo instead, so that it keeps no set alive (see workers).
-        back = home.fds if home.returnable else home.limbo_fds
-        back_ids = home.ids if home.returnable else home.limbo_ids
         try:
-            for kind in kinds.singles():
-                _sys.setns(back[kind], kind)
-            for kind, ino in self.links.read(CHECKED).items():
-                if ino != (back_ids[kind] if kind in kinds else home.ids[kind]):
-                    raise _Stranded(f"still in another {kind} namespace after going home")
+            self.home.go_back(self.links, kinds.singles())
         except OSError as exc:
-            raise _Stranded(f"cannot go home: {exc}") from exc
+            raise Stranded(f"cannot go home: {exc}") from exc
 
     def close(self) -> None:
         if self.links is not None:
@@ -422,7 +411,7 @@ class Creators:
             creator = self._new_creator()
             if creator is not None:
                 self._create_until_stopped(creator)
-        except _Stranded as exc:
+        except Stranded as exc:
             # The thread is not trusted any more; its replacement makes sets
             # on throwaway helper threads from now on (a process in its own
             # user namespace, for one, can never setns back home).
@@ -469,4 +458,4 @@ class Creators:
             else:
                 self._pool.offer_made(s)
             if creator.stranded:
-                raise _Stranded(creator.stranded)
+                raise Stranded(creator.stranded)

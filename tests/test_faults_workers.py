@@ -22,7 +22,7 @@ import anyio
 import pytest
 import sniffio
 
-from nspool import Kind, NamespaceError, NamespaceSet, Workers, _sys, aio, workers
+from nspool import Kind, NamespaceError, NamespaceSet, Workers, _sys, _worker, aio, workers
 
 from .conftest import wait_until
 
@@ -151,16 +151,16 @@ async def test_drainer_that_cannot_settle_fails_the_jobs(
     """Mocked: the new drainer's settling fails with EMFILE (as with a
     lowered RLIMIT_NOFILE). The awaiting job gets the error instead of
     hanging, and later awaits on the set work."""
-    real = workers._Worker._settle
+    real = _worker.Worker._settle
     failures = [1]
 
-    def settle(self: workers._Worker) -> None:
+    def settle(self: _worker.Worker) -> None:
         if failures:
             failures.pop()
             raise OSError(errno.EMFILE, "Too many open files")
         real(self)
 
-    monkeypatch.setattr(workers._Worker, "_settle", settle)
+    monkeypatch.setattr(_worker.Worker, "_settle", settle)
     with NamespaceSet.unshare(Kind.UTS) as s:
         with anyio.fail_after(10), pytest.raises(OSError, match="Too many") as info:
             await aio.run_in(pool, s, int)

@@ -1,0 +1,210 @@
+"""The hand-off model: what a submitter gives a worker thread.
+
+A worker takes an :data:`Item`: either a :class:`Call` (one callable, its
+outcome delivered to a ``Future`` or to a blocked caller's lock) or a
+:class:`Drain` (run the :class:`Stream` of :class:`Job` objects waiting for
+one set, one after another, until none is left). A :class:`Call` and a
+:class:`Job` are both a :class:`Task`: a callable in a copy of the
+submitter's ``contextvars`` and its outcome, which :func:`outcome` unwraps.
+How items reach workers is ``nspool._scheduler``'s.
+
+Guarantees and the reasons for them:
+
+* ``run_sync``'s caller waits on a bare lock that :meth:`Call.deliver`
+  releases: the cheapest wake-up CPython has.
+* An outcome is delivered after the worker is home (or discarded) and the
+  item then drops its callable, arguments and context, so none of them
+  lives on with the worker.
+* Raising an outcome leaves no cycle (error, traceback, frame) that keeps
+  the error's frames alive (:func:`outcome`, :meth:`Task.take`).
+* A job withdrawn (:attr:`Job.cancelled`) before a worker takes it never
+  runs and never calls back; one taken finishes.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeAlias, TypeVar
+
+from ._handle import HasHandle
+
+__all__ = ["Call", "Drain", "Item", "Job", "Stream", "Task", "outcome"]
+
+_T = TypeVar("_T")
+
+
+def outcome(result: _T, error: BaseException | None) -> _T:
+    """``result``, or raise ``error`` (with its traceback). The frame drops
+    its reference to the error as it raises, so no cycle (error, traceback,
+    frame) keeps the error's frames alive; the caller drops its own first
+    (see :meth:`Task.take`)."""
+    if error is None:
+        return result
+    try:
+        raise error
+    finally:
+        del error
+
+
+class Task:
+    """A callable to run in a copy of the submitter's ``contextvars``, and
+    its outcome: :attr:`result` or :attr:`error`."""
+
+    __slots__ = ("args", "context", "error", "fn", "kwargs", "result")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.context = contextvars.copy_context()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """Call it (on the calling thread), keeping the outcome."""
+        try:
+            self.result = self.context.run(self.fn, *self.args, **self.kwargs)
+        except BaseException as exc:
+            self.error = exc
+
+    def take(self) -> tuple[Any, BaseException | None]:
+        """The outcome, which the task no longer holds: ``outcome(*t.take())``."""
+        result, error = self.result, self.error
+        self.result = self.error = None
+        return result, error
+
+
+class Job(Task):
+    """One call in a stream of calls for one set (``Workers.submit_job``),
+    for front ends that wait for many calls at once.
+
+    The job runs on whichever worker is draining its set's stream; that
+    worker calls ``on_done(job)`` afterwards, on its own thread, with the
+    outcome in :attr:`result` or :attr:`error`. Setting :attr:`cancelled`
+    withdraws the job if no worker has taken it yet (``on_done`` is then
+    never called); a job already taken finishes.
+    """
+
+    __slots__ = ("cancelled", "on_done")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        on_done: Callable[[Job], None],
+    ) -> None:
+        # Not through Task.__init__: this is every awaited call's path.
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.context = contextvars.copy_context()
+        self.result = None
+        self.error = None
+        self.on_done = on_done
+        self.cancelled = False
+
+
+class Call(Task):
+    """One submitted call and where its outcome goes.
+
+    :meth:`deliver` runs on the worker thread after the worker is home (or
+    discarded). The waiter is either a ``Future`` (``submit_in``) or a bare
+    lock that the blocked caller waits on (``run_sync``).
+    """
+
+    __slots__ = ("future", "nsset", "ran", "waiter")
+
+    def __init__(
+        self,
+        nsset: HasHandle | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        future: Future[Any] | None,
+    ) -> None:
+        # Not through Task.__init__: this is every call's path.
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.context = contextvars.copy_context()
+        self.result = None
+        self.error = None
+        self.nsset = nsset
+        self.future = future
+        self.waiter: threading.Lock | None = None
+        self.ran = False
+
+    def start(self) -> bool:
+        """Whether the call should run (a cancelled future's does not)."""
+        return self.future is None or self.future.set_running_or_notify_cancel()
+
+    def fail(self, error: BaseException) -> None:
+        """nspool failed around the call: its caller hears of it, unless the
+        callable ran and has an outcome already."""
+        if not self.ran:
+            self.error = error
+
+    def deliver(self) -> None:
+        future, error = self.future, self.error
+        if future is not None:
+            if future.cancelled():
+                pass  # withdrawn before it ran: nobody takes an outcome
+            elif error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(self.result)
+            # Drop references so the call's objects do not live on with us.
+            self.result = self.error = None
+        elif self.waiter is not None:
+            self.waiter.release()
+        self.fn = self.args = self.kwargs = None  # type: ignore[assignment]
+        self.context = None  # type: ignore[assignment]
+
+
+class Stream:
+    """The jobs waiting for one set, taken in order by its drainers: workers
+    that enter the set once and run job after job, checked after each,
+    until none is left. ``drainers`` counts those running or dispatched;
+    ``growing`` is set while one more is on its way; ``busy`` holds the
+    drainers taking or running a job (a set: ``add`` and ``discard`` are
+    atomic, so the drainers update it without the lock)."""
+
+    __slots__ = ("busy", "drainers", "growing", "jobs", "nsset")
+
+    def __init__(self, nsset: HasHandle) -> None:
+        self.nsset = nsset
+        self.jobs: collections.deque[Job] = collections.deque()
+        self.drainers = 0
+        self.growing = False
+        self.busy: set[object] = set()
+
+
+class Drain:
+    """A worker's item that drains :attr:`stream`: it has no outcome of its
+    own (each job has), so nothing waits on it."""
+
+    __slots__ = ("nsset", "stream")
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.nsset: HasHandle = stream.nsset
+
+    def start(self) -> bool:
+        return True
+
+    def fail(self, error: BaseException) -> None:
+        """Nobody waits on a drain: its jobs hear of failures themselves."""
+
+    def deliver(self) -> None:
+        """Nothing to deliver: each job was handed over as it finished."""
+
+
+#: What a worker takes from its slot or the queue.
+Item: TypeAlias = Call | Drain

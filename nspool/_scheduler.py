@@ -1,0 +1,430 @@
+"""The scheduler: how work items reach an executor's worker threads.
+
+Owns one executor's idle workers, queue of calls, streams of jobs and
+counts (:class:`Scheduler`), and the interfaces it meets: the worker side
+(:class:`Taker`, which ``nspool._worker.Worker`` is) and the settings the
+workers read at call time (:class:`Tunables`).
+
+Guarantees and the reasons for them, in the manner of Trio's thread cache:
+
+* Hand-over without a queue: an idle worker waits on its own lock; a
+  submitter takes the most recently idle worker (LIFO: its caches are warm),
+  puts the item in its slot and releases that lock. One lock release wakes
+  exactly one thread.
+* A worker marks itself idle *before* it delivers an outcome
+  (:meth:`Scheduler.mark_idle_or_take`), so a caller that submits again as
+  soon as it is woken finds that same thread free.
+* Jobs on one set are batched: a worker that has entered the set runs job
+  after job with no hand-off of its own; more drainers join only while jobs
+  wait behind busy ones, one at a time and ``max_workers`` at most, so that
+  jobs that block still run side by side.
+* State (idle list, queue, streams, counts) changes under one lock;
+  syscalls, thread starts and deliveries happen outside it.
+* The scheduler holds its workers, never the executor, and a worker holds
+  only a weak reference to its scheduler: an unreferenced executor can be
+  collected, and its finalizer (:attr:`Scheduler.stop`) lets the idle
+  threads exit.
+* Rootless mode: a worker waiting in limbo serves only sets that hold every
+  kind it has left; when the executor is full, one of them makes way.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import copy
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from typing import Literal, Protocol
+
+from . import _sys
+from ._handle import HasHandle
+from ._handoff import Drain, Item, Job, Stream
+from ._home import Home
+
+__all__ = ["Scheduler", "Taker", "Tunables"]
+
+
+class Taker(Protocol):
+    """The worker side of the hand-off (``nspool._worker.Worker``): a slot
+    for its next item and the lock it waits on. ``item`` set to ``None``
+    with ``wake`` released means: exit."""
+
+    item: Item | None
+    wake: threading.Lock
+    #: Rootless mode: the kinds in which it waits in limbo, not at home.
+    strayed: int
+    #: Whether its exit should let a fresh thread take queued calls.
+    spent: bool
+    thread: threading.Thread
+
+    def move_to(self, cpu: int) -> None: ...
+
+
+class Tunables(Protocol):
+    """Settings a worker reads when it uses them, not when it is made (the
+    executor's module constants, which tests and benchmarks set)."""
+
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds an idle worker waits for a call before it exits."""
+
+    @property
+    def check_every_kind(self) -> bool:
+        """Whether every link is read after each call."""
+
+
+class Scheduler:
+    """One executor's idle workers, queue, streams and counts, under one
+    lock; the executor (``Workers``) submits through it, and its workers
+    (``Taker``) report back through its public methods. ``new_worker``
+    makes a worker whose thread is then started at ``home``; ``refusal``
+    makes the error for calls after shutdown (``forked``: in a forked
+    child). ``owner``'s collection stops the idle workers (:meth:`stop`)."""
+
+    def __init__(
+        self,
+        owner: object,
+        home: Home,
+        new_worker: Callable[[Scheduler, Item | None], Taker],
+        refusal: Callable[[bool, int], RuntimeError],
+        tunables: Tunables,
+        *,
+        max_workers: int,
+        same_cpu: bool | Literal["auto"],
+    ) -> None:
+        self.home = home
+        #: What the workers read at call time.
+        self.tunables = tunables
+        #: The CPUs an unpinned worker may use: the creator's, as a new
+        #: thread would inherit them.
+        self.cpus = os.sched_getaffinity(0)
+        self.max_workers = max_workers
+        self._same_cpu = same_cpu
+        self._new_worker = new_worker
+        self._refusal = refusal
+        self._lock = threading.Lock()
+        self._idle: list[Taker] = []
+        # Rootless mode only: idle workers in limbo, by the kinds they left.
+        self._strayed: dict[int, list[Taker]] = {}
+        self._queue: collections.deque[Item] = collections.deque()
+        self._streams: dict[HasHandle, Stream] = {}
+        self._threads: set[Taker] = set()
+        # Threads forgotten (discarded or spent) but perhaps not yet ended:
+        # shutdown(wait=True) joins them too.
+        self._leaving: set[threading.Thread] = set()
+        self.shut_down = False
+        #: Set in a child process after ``os.fork()``: the threads stayed
+        #: in the parent, so the executor refuses calls.
+        self.forked = False
+        self._calls = 0
+        self._discarded = 0
+        # Runs once: at shutdown, or when the owner is collected unshut.
+        self.stop = weakref.finalize(owner, self._stop_idle)
+
+    # -- submitting ---------------------------------------------------------------
+
+    def submit_job(self, nsset: HasHandle, job: Job) -> None:
+        """Queue ``job`` on ``nsset``'s stream (see ``Workers.submit_job``)."""
+        with self._lock:
+            if self.shut_down:
+                raise self._refusal(self.forked, self.home.pid)
+            self._calls += 1
+            stream = self._streams.get(nsset)
+            if stream is None:
+                stream = self._streams[nsset] = Stream(nsset)
+            stream.jobs.append(job)
+            if stream.drainers:
+                # Every drainer busy (a job that blocks, say): one more joins.
+                if (
+                    len(stream.busy) < stream.drainers
+                    or stream.growing
+                    or stream.drainers >= self.max_workers
+                ):
+                    return
+                stream.growing = True
+            stream.drainers += 1
+        self._dispatch_drainer(stream)
+
+    def _dispatch_drainer(self, stream: Stream) -> None:
+        try:
+            self.dispatch(Drain(stream), count=False)
+        except BaseException:
+            with self._lock:
+                stream.drainers -= 1
+                stream.growing = False
+            raise
+
+    def dispatch(self, item: Item, *, count: bool = True) -> None:
+        """Hand ``item`` to a worker: a strayed one that may serve it, the
+        most recently idle one, a new one, or the queue."""
+        worker: Taker | None = None
+        new = False
+        with self._lock:
+            if self.shut_down:
+                raise self._refusal(self.forked, self.home.pid)
+            if count:
+                self._calls += 1
+            alone = len(self._idle) == len(self._threads)  # no call is running
+            evicted: Taker | None = None
+            if self._strayed and item.nsset is not None:
+                worker = self._take_strayed(item.nsset.handle.bits)
+            if worker is not None:
+                worker.item = item
+            elif self._idle:
+                worker = self._idle.pop()
+                worker.item = item
+            elif len(self._threads) < self.max_workers:
+                worker = self._new_worker(self, item)
+                self._threads.add(worker)
+                new = True
+            elif self._strayed:
+                # Full, and the idle threads cannot serve this call: one of
+                # them makes way for a fresh one.
+                evicted = self._take_strayed(-1)
+                assert evicted is not None
+                evicted.item = None
+                self._threads.discard(evicted)
+                worker = self._new_worker(self, item)
+                self._threads.add(worker)
+                new = True
+            else:
+                self._queue.append(item)
+        if evicted is not None:
+            evicted.wake.release()
+        if worker is None:
+            return
+        same_cpu = self._same_cpu
+        if same_cpu is True or (same_cpu == "auto" and alone):
+            worker.move_to(_sys.current_cpu())
+        elif same_cpu == "auto":
+            worker.move_to(-1)
+        if not new:
+            worker.wake.release()
+            return
+        try:
+            self.home.start(worker.thread)
+        except BaseException:
+            with self._lock:
+                self._threads.discard(worker)
+            raise
+
+    # -- streams ------------------------------------------------------------------
+
+    def grow(self, stream: Stream) -> None:
+        """Jobs are waiting behind a running one: dispatch one more drainer
+        (one at a time, ``max_workers`` at most)."""
+        if stream.drainers >= self.max_workers:  # a hint, read without the lock
+            return
+        with self._lock:
+            if stream.growing or self.shut_down or stream.drainers >= self.max_workers:
+                return
+            stream.growing = True
+            stream.drainers += 1
+        with contextlib.suppress(RuntimeError):  # shut down meanwhile
+            self._dispatch_drainer(stream)
+
+    def drainer_done(self, stream: Stream) -> bool:
+        """A drainer found no job: it stops, unless one arrived meanwhile."""
+        with self._lock:
+            if stream.jobs:
+                return False
+            stream.drainers -= 1
+            if not stream.drainers and self._streams.get(stream.nsset) is stream:
+                del self._streams[stream.nsset]
+            return True
+
+    def drainer_lost(self, stream: Stream) -> None:
+        """A drainer's thread was discarded: another takes over if jobs wait."""
+        with self._lock:
+            stream.drainers -= 1
+            replace = bool(stream.jobs) and not self.shut_down
+            if replace:
+                stream.drainers += 1
+            elif not stream.drainers and self._streams.get(stream.nsset) is stream:
+                del self._streams[stream.nsset]
+        if replace:
+            with contextlib.suppress(RuntimeError):
+                self._dispatch_drainer(stream)
+
+    def fail_stream(self, stream: Stream, error: BaseException) -> None:
+        """The set cannot be entered: every waiting job gets ``error`` (a
+        copy each, since each is raised in its own task)."""
+        while True:
+            while stream.jobs:
+                job = stream.jobs.popleft()
+                if not job.cancelled:
+                    job.error = copy.copy(error)
+                    job.on_done(job)
+            if self.drainer_done(stream):
+                return
+
+    def fail_waiting(self, stream: Stream, error: BaseException) -> None:
+        """A drainer's thread could not settle at home (``EMFILE``, say): the
+        jobs waiting now get ``error``, since nobody waits on the drain
+        itself; jobs submitted later bring a fresh drainer."""
+        with self._lock:
+            jobs = list(stream.jobs)
+            stream.jobs.clear()
+            stream.growing = False
+        for job in jobs:
+            if not job.cancelled:
+                job.error = copy.copy(error)
+                job.on_done(job)
+        self.drainer_lost(stream)
+
+    # -- reported by workers ------------------------------------------------------
+
+    def mark_idle_or_take(self, worker: Taker, deliver: Item | None) -> None:
+        """A worker is home and healthy: hand it the next queued call or put
+        it on the idle list, then deliver ``deliver``'s outcome."""
+        with self._lock:
+            if worker.strayed:
+                self._park_strayed(worker)
+            elif self._queue:
+                worker.item = self._queue.popleft()
+                worker.wake.release()
+            elif self.shut_down:
+                worker.item = None
+                worker.wake.release()
+            else:
+                self._idle.append(worker)
+        if deliver is not None:
+            deliver.deliver()
+
+    def _take_strayed(self, set_bits: int) -> Taker | None:
+        """Under the lock: an idle worker in limbo that may serve a set of
+        ``set_bits`` (it left home only in kinds the set holds; -1: any)."""
+        for strayed, parked in self._strayed.items():
+            if strayed & ~set_bits == 0:
+                worker = parked.pop()
+                if not parked:
+                    del self._strayed[strayed]
+                return worker
+        return None
+
+    def _park_strayed(self, worker: Taker) -> None:
+        """Under the lock: hand a worker in limbo the first queued call it
+        may serve; else park it idle, or let it exit if calls it cannot
+        serve are waiting for room."""
+        strayed = worker.strayed
+        for i, queued in enumerate(self._queue):
+            if queued.nsset is not None and strayed & ~queued.nsset.handle.bits == 0:
+                del self._queue[i]
+                worker.item = queued
+                worker.wake.release()
+                return
+        if self.shut_down or self._queue:
+            worker.spent = True
+            worker.item = None
+            worker.wake.release()
+            return
+        self._strayed.setdefault(strayed, []).append(worker)
+
+    def retire_idle(self, worker: Taker) -> bool:
+        """An idle worker timed out: remove it unless a call was just handed
+        to it. Returns whether it should exit."""
+        with self._lock:
+            parked = self._strayed.get(worker.strayed, []) if worker.strayed else self._idle
+            try:
+                parked.remove(worker)
+            except ValueError:
+                return False
+            if worker.strayed and not parked:
+                del self._strayed[worker.strayed]
+            return True
+
+    def forget(self, worker: Taker, *, discarded: bool, spent: bool = False) -> None:
+        """A worker thread is leaving; if it was discarded (or spent, in
+        rootless mode) and calls are waiting, a fresh thread takes its place."""
+        replacement: Taker | None = None
+        with self._lock:
+            self._threads.discard(worker)
+            self._leaving = {t for t in self._leaving if t.is_alive()}
+            self._leaving.add(worker.thread)
+            with contextlib.suppress(ValueError):
+                self._idle.remove(worker)
+            if discarded:
+                self._discarded += 1
+            if (
+                (discarded or spent)
+                and self._queue
+                and not self.shut_down
+                and len(self._threads) < self.max_workers
+            ):
+                replacement = self._new_worker(self, self._queue.popleft())
+                self._threads.add(replacement)
+        if replacement is not None:
+            self.home.start(replacement.thread)
+
+    # -- lifetime -----------------------------------------------------------------
+
+    def shutdown(self, *, cancel_futures: bool) -> list[threading.Thread]:
+        """Refuse calls from now on and stop the idle workers (see
+        ``Workers.shutdown``); the threads to join."""
+        with self._lock:
+            self.shut_down = True
+            cancelled: list[Item] = []
+            jobs: list[Job] = []
+            if cancel_futures:
+                cancelled = list(self._queue)
+                self._queue.clear()
+                for stream in self._streams.values():
+                    jobs += stream.jobs
+                    stream.jobs.clear()
+            threads = [w.thread for w in self._threads] + list(self._leaving)
+        for job in jobs:
+            if not job.cancelled:
+                job.error = CancelledError("Workers shut down before the call started")
+                job.on_done(job)
+        for call in cancelled:
+            if isinstance(call, Drain):
+                continue  # its jobs were cancelled above
+            if call.future is not None:
+                call.future.cancel()
+            else:
+                call.error = CancelledError("Workers shut down before the call started")
+                call.deliver()
+        self.stop()
+        return threads
+
+    def _stop_idle(self) -> None:
+        """Tell idle workers to exit and drop the executor's hold on its home."""
+        with self._lock:
+            leaving = [*self._idle, *(w for parked in self._strayed.values() for w in parked)]
+            self._idle.clear()
+            self._strayed.clear()
+        for worker in leaving:
+            worker.item = None
+            worker.wake.release()
+        self.home.release()
+
+    def counts(self) -> tuple[int, int, int, int, int]:
+        """Threads, idle ones, queued calls, calls, discarded threads."""
+        with self._lock:
+            return (
+                len(self._threads),
+                len(self._idle),
+                len(self._queue),
+                self._calls,
+                self._discarded,
+            )
+
+    def after_fork_in_child(self) -> None:
+        """In the child of ``os.fork()``: only the forking thread exists.
+        Forget every worker (their locks may be held forever) and refuse
+        calls at once instead of handing them to threads that are gone."""
+        self._lock = threading.Lock()
+        self._idle.clear()
+        self._strayed.clear()
+        self._queue.clear()
+        self._streams.clear()
+        self._threads.clear()
+        self._leaving.clear()
+        self.shut_down = self.forked = True
+        self.stop.detach()
+        with contextlib.suppress(OSError):
+            self.home.close()

@@ -4,8 +4,8 @@ The public surface is re-exported here; the implementation lives in the
 submodules, whose dependencies point one way, top to bottom: ``errors``,
 ``kinds``, ``_sys`` (the syscalls), ``_options`` and ``_userns`` (what a new
 set holds; sets made in a helper process), ``nsset`` (``NamespaceSet``),
-``workers``, ``net``, ``pool``, ``aio`` (the async front end), ``rootless``,
-then ``demo`` and ``cli``.
+``workers``, ``_wait``, ``_sockets`` and ``_process`` (the async front end),
+``net``, ``pool``, ``rootless``, then ``demo`` and ``cli``.
 """
 
 from .errors import (

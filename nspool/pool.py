@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import contextvars
 import errno
-import functools
 import logging
 import os
 import resource
@@ -58,7 +56,7 @@ from ._creator_proc import PROCESS_KINDS, CreatorLostError, CreatorProcess
 from ._handle import close_fds
 from ._options import SetOptions, UnshareOptions
 from ._thread_ns import CHECKED, THREAD_NS_DIR, ThreadLinks, run_as_current
-from .aio import no_async_library, wait_done
+from ._wait import make_job, unwrap, wait_job
 from .errors import NamespaceError, PoolClosedError
 from .kinds import Kind
 from .net import loopback_up
@@ -602,22 +600,16 @@ class Pool:
         away when it does, never reused.
         """
         s = await self._take_async()
-        executor = self._workers_or_default()
+        job = make_job(fn, *args, **kwargs)
         try:
-            context = contextvars.copy_context()
-            no_async_library(context)
-            future = executor.submit_in(s, functools.partial(context.run, fn, *args, **kwargs))
+            await wait_job(self._workers_or_default(), s, job, lambda: self._drop(s))
         except BaseException:
-            await self._give_back_async(s)
-            raise
-        try:
-            await wait_done(future, lambda: self._drop(s))
-        except BaseException:
-            if future.cancelled():  # withdrawn before it ran: the set is untouched
+            if job.cancelled:  # withdrawn before it ran: the set is untouched
                 await self._give_back_async(s)
             raise  # else the abandoned call's set is dropped when it finishes
         await self._give_back_async(s)
-        return future.result()
+        result: _T = unwrap(job)
+        return result
 
     async def _take_async(self) -> NamespaceSet:
         """A set without blocking the loop: a ready one at once, else one

@@ -229,10 +229,22 @@ class Job:
     worker calls ``on_done(job)`` afterwards, on its own thread, with the
     outcome in :attr:`result` or :attr:`error`. Setting :attr:`cancelled`
     withdraws the job if no worker has taken it yet (``on_done`` is then
-    never called); a job already taken finishes.
+    never called); a job already taken finishes. A waiter that must know
+    which of the two happened calls :meth:`take` instead: the worker takes
+    the same claim before running the job, and only one of them gets it.
     """
 
-    __slots__ = ("args", "cancelled", "context", "error", "fn", "kwargs", "on_done", "result")
+    __slots__ = (
+        "args",
+        "cancelled",
+        "claim",
+        "context",
+        "error",
+        "fn",
+        "kwargs",
+        "on_done",
+        "result",
+    )
 
     def __init__(
         self,
@@ -249,6 +261,14 @@ class Job:
         self.result: Any = None
         self.error: BaseException | None = None
         self.cancelled = False
+        #: The claim token (see :meth:`take`).
+        self.claim = {0: True}
+
+    def take(self) -> bool:
+        """Take the job's claim: ``True`` for exactly one caller, the worker
+        about to run it or a waiter withdrawing it (``dict.pop`` is atomic,
+        with or without the GIL)."""
+        return self.claim.pop(0, False)
 
 
 class _Stream:
@@ -698,7 +718,7 @@ class _Worker:
     def _run_jobs(self, workers: Workers, stream: _Stream, expected: dict[Kind, int]) -> None:
         """Run jobs until the stream is empty, each outcome handed over as
         soon as the thread is checked (the submitter's side batches its
-        wake-ups: see ``nspool.aio``)."""
+        wake-ups: see ``nspool._wait``)."""
         jobs, h = stream.jobs, stream.nsset.handle
         bits = h.bits
         busy = stream.busy
@@ -715,7 +735,7 @@ class _Worker:
                 continue
             if jobs and not stream.growing:
                 workers._grow(stream)  # more waiting: another thread may help
-            if job.cancelled:
+            if job.cancelled or not job.take():  # withdrawn by its waiter
                 busy.discard(self)
                 continue
             if h.closed:
@@ -1106,7 +1126,7 @@ class Workers(Executor):
         still run side by side. Each job is checked as a call is.
 
         Never blocks. For front ends that await many calls at once (the
-        async :func:`nspool.aio.run_in`); :meth:`submit_in` is the one-call
+        async :func:`nspool._wait.run_in`); :meth:`submit_in` is the one-call
         equivalent with a ``Future``.
         """
         with self._lock:

@@ -19,7 +19,7 @@ import anyio.abc
 import anyio.to_thread
 import pytest
 
-from nspool import Kind, NamespaceSet, Pool, Workers, _sys, _thread_ns, aio, default_workers
+from nspool import Kind, NamespaceSet, Pool, Workers, _sys, _thread_ns, _wait, default_workers
 from nspool.net import loopback_up
 
 from .conftest import Witness, thread_ns, wait_until
@@ -64,7 +64,7 @@ async def test_many_awaits_at_once(pool_workers: Workers) -> None:
 
         async def one(i: int) -> None:
             s = sets[i % len(sets)]
-            results[i] = (i, await aio.run_in(pool_workers, s, thread_ns, "net"))
+            results[i] = (i, await _wait.run_in(pool_workers, s, thread_ns, "net"))
 
         async with anyio.create_task_group() as tg:
             for i in range(400):
@@ -90,7 +90,7 @@ async def test_the_loop_is_not_blocked(pool_workers: Workers) -> None:
     with NamespaceSet.unshare(Kind.UTS) as s:
         async with anyio.create_task_group() as tg:
             tg.start_soon(ticker)
-            await aio.run_in(pool_workers, s, time.sleep, 0.3)
+            await _wait.run_in(pool_workers, s, time.sleep, 0.3)
             tg.cancel_scope.cancel()
     assert ticks >= 10
 
@@ -108,7 +108,7 @@ async def test_cancellation_is_immediate_and_the_call_finishes(pool_workers: Wor
     with NamespaceSet.unshare(Kind.NET) as s:
         started = time.monotonic()
         with anyio.move_on_after(0.05):
-            await aio.run_in(pool_workers, s, slow)
+            await _wait.run_in(pool_workers, s, slow)
         assert time.monotonic() - started < 0.25
         assert not finished.is_set()
         assert await anyio.to_thread.run_sync(finished.wait, 5)
@@ -122,7 +122,7 @@ async def test_cancellation_storm(pool_workers: Workers) -> None:
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 for _ in range(2000):
-                    tg.start_soon(aio.run_in, pool_workers, s, time.sleep, 0.001)
+                    tg.start_soon(_wait.run_in, pool_workers, s, time.sleep, 0.001)
                 await anyio.sleep(0.01)
                 scope.cancel()
         assert wait_until(lambda: pool_workers.stats().queued == 0, timeout=20)
@@ -130,7 +130,7 @@ async def test_cancellation_storm(pool_workers: Workers) -> None:
             lambda: pool_workers.stats().idle == pool_workers.stats().threads, timeout=20
         )
         assert pool_workers.stats().calls < 2000 or pool_workers.stats().queued == 0
-        assert await aio.run_in(pool_workers, s, lambda: "still fine") == "still fine"
+        assert await _wait.run_in(pool_workers, s, lambda: "still fine") == "still fine"
 
 
 async def test_pool_run_and_lease(pool_workers: Workers) -> None:
@@ -142,8 +142,8 @@ async def test_pool_run_and_lease(pool_workers: Workers) -> None:
         b = await pool.run(netns_cookie)
         assert a != b
         async with pool.lease() as s:
-            first = await aio.run_in(pool_workers, s, thread_ns, "net")
-            assert await aio.run_in(pool_workers, s, thread_ns, "net") == first
+            first = await _wait.run_in(pool_workers, s, thread_ns, "net")
+            assert await _wait.run_in(pool_workers, s, thread_ns, "net") == first
             assert pool.stats().leased == 1
         assert pool.stats().leased == 0
         assert pool.stats().discarded >= 3

@@ -19,7 +19,17 @@ import anyio.abc
 import anyio.to_thread
 import pytest
 
-from nspool import Kind, NamespaceSet, Pool, Workers, _sys, _thread_ns, _wait, default_workers
+from nspool import (
+    Kind,
+    NamespaceSet,
+    Pool,
+    Workers,
+    _sys,
+    _thread_ns,
+    _wait,
+    default_workers,
+    workers,
+)
 from nspool.net import loopback_up
 
 from .conftest import Witness, thread_ns, wait_until
@@ -131,6 +141,60 @@ async def test_cancellation_storm(pool_workers: Workers) -> None:
         )
         assert pool_workers.stats().calls < 2000 or pool_workers.stats().queued == 0
         assert await _wait.run_in(pool_workers, s, lambda: "still fine") == "still fine"
+
+
+def test_a_job_claim_goes_to_exactly_one_taker() -> None:
+    """Job.take: the worker about to run a job and a waiter withdrawing it
+    race for one claim; however many threads try at once, one gets it."""
+    for _ in range(200):
+        job = _wait.make_job(int)
+        barrier = threading.Barrier(4)
+        won: list[bool] = []
+
+        def race(
+            job: workers.Job = job, barrier: threading.Barrier = barrier, won: list[bool] = won
+        ) -> None:
+            barrier.wait()
+            won.append(job.take())
+
+        threads = [threading.Thread(target=race) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert sorted(won) == [False, False, False, True]
+
+
+async def test_wait_job_withdrawn_or_abandoned() -> None:
+    """The one cancellation story of wait_job: a job still queued is
+    withdrawn (job.cancelled; it never runs, on_abandon never runs); a job
+    already running finishes, then on_abandon runs exactly once."""
+    w = Workers(max_workers=1)
+    gate = threading.Event()
+    abandoned: list[str] = []
+    ran: list[str] = []
+    try:
+        with NamespaceSet.unshare(Kind.NET) as s:
+            running = _wait.make_job(lambda: (ran.append("running"), gate.wait(5)))
+            queued = _wait.make_job(ran.append, "queued")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_wait.wait_job, w, s, running, lambda: abandoned.append("running"))
+                started = lambda: ran == ["running"]  # noqa: E731
+                assert await anyio.to_thread.run_sync(wait_until, started)
+                tg.start_soon(_wait.wait_job, w, s, queued, lambda: abandoned.append("queued"))
+                await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+            assert queued.cancelled
+            assert not running.cancelled
+            assert abandoned == []
+            gate.set()
+            assert wait_until(lambda: abandoned == ["running"])
+            assert await _wait.run_in(w, s, lambda: "next") == "next"
+            assert ran == ["running"]
+            assert abandoned == ["running"]
+    finally:
+        gate.set()
+        w.shutdown(wait=True)
 
 
 async def test_pool_run_and_lease(pool_workers: Workers) -> None:

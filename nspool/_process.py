@@ -32,7 +32,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from . import _sys
-from ._handle import HasHandle, SetHandle, dup_fds, fork_error
+from ._handle import HasHandle, dup_fds, fork_error
 from ._wait import make_job, unwrap, wait_job
 from .kinds import SETNS_ORDER, Kind
 from .workers import default_workers
@@ -262,17 +262,16 @@ async def open_process_in(
         ids = dict(h.ids_of_acquired())
     home_ids = executor.home_ids
     beyond = any(k in ids and ids[k] != home_ids.get(k, ids[k]) for k in (Kind.USER, Kind.TIME))
-    inner: HasHandle = s
+    inner: HasHandle | None = s
     own: dict[Kind, int] = {}
     if beyond:
-        # The worker enters the pid namespace only, or nothing (an empty
-        # handle: it forks from the executor's home namespaces).
-        inner = h.dup(Kind.PID) if Kind.PID in ids else SetHandle({})
+        inner = h.dup(Kind.PID) if Kind.PID in ids else None
         try:
             with h.borrow(h.kinds & ~Kind.PID) as fds:
                 own = dup_fds(fds)
         except BaseException:
-            inner.handle.close()
+            if inner is not None:
+                inner.handle.close()
             raise
         argv = ["/bin/sh", "-c", os.fsdecode(args)] if shell else [os.fspath(a) for a in args]
         order = [k for k in SETNS_ORDER if k in own]
@@ -326,7 +325,7 @@ async def open_process_in(
             discard(job.result)
 
     try:
-        await wait_job(executor, inner, job, abandon)
+        await wait_job(executor, inner, job, abandon, stream=False)
     except BaseException:
         if job.cancelled and own:  # withdrawn: the fork never happens
             _close_all(inner, own)
@@ -361,8 +360,9 @@ except OSError as exc:
 """
 
 
-def _close_all(inner: HasHandle, own: Mapping[Kind, int]) -> None:
-    inner.handle.close()
+def _close_all(inner: HasHandle | None, own: Mapping[Kind, int]) -> None:
+    if inner is not None:
+        inner.handle.close()
     for fd in own.values():
         os.close(fd)
 

@@ -34,6 +34,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
@@ -156,20 +157,55 @@ def _abandoned(on_abandon: Callable[[], None]) -> None:
         logger.exception("nspool: on_abandon of a cancelled call failed")
 
 
+def _run_claimed(job: Job) -> None:
+    """A job handed off as a call of its own, on the worker: it runs only
+    if the worker takes its claim before a cancelled waiter does."""
+    if job.take():
+        try:
+            job.result = job.context.run(job.fn, *job.args, **job.kwargs)
+        except BaseException as exc:
+            job.error = exc
+
+
+def _carried(job: Job) -> Callable[[Future[None]], None]:
+    """The done callback of a job's own call: an error of the hand-off
+    itself (the set closed or not enterable, the executor shut down) is
+    the job's error; then ``on_done`` as the stream would call it."""
+
+    def done(future: Future[None]) -> None:
+        if future.cancelled():
+            job.error = CancelledError("Workers shut down before the call started")
+        elif (error := future.exception()) is not None:
+            job.error = error
+        job.on_done(job)
+
+    return done
+
+
 async def wait_job(
     executor: Workers,
-    s: HasHandle,
+    s: HasHandle | None,
     job: Job,
     on_abandon: Callable[[], None] | None = None,
+    *,
+    stream: bool = True,
 ) -> None:
-    """Queue ``job`` on ``s``'s stream in ``executor`` and wait, without
-    blocking the loop, until it is done; :func:`unwrap` then gives its
-    outcome. The job's ``on_done`` is set here.
+    """Hand ``job`` to a worker inside ``s`` and wait, without blocking the
+    loop, until it is done; :func:`unwrap` then gives its outcome. The
+    job's ``on_done`` is set here.
 
-    Raises only if the job cannot be queued (the executor is shut down) or
-    the wait is cancelled. Then ``job.cancelled`` tells which half of the
-    promise applies: set, the job was withdrawn and never runs; not set, it
-    is running or ran, and ``on_abandon`` runs once it has finished.
+    The hand-off: with ``stream``, the job joins ``s``'s stream
+    (:meth:`Workers.submit_job`: jobs awaited at once share a worker that
+    entered once); otherwise it is a call of its own (``submit_in``, or
+    ``submit`` in the executor's home if ``s`` is ``None``), cheaper for a
+    set that gets one call, as the pool's fresh sets do (a stream of one
+    job costs a second check of the thread). Either way the same claim
+    settles a cancellation.
+
+    Raises only if the job cannot be handed off (the executor is shut
+    down) or the wait is cancelled. Then ``job.cancelled`` tells which half
+    of the promise applies: set, the job was withdrawn and never runs; not
+    set, it is running or ran, and ``on_abandon`` runs once it has finished.
     """
     library = sniffio.current_async_library()
     inbox = _inbox(library)
@@ -201,10 +237,21 @@ async def wait_job(
 
         job.on_done = done
     no_async_library(job.context)
+    future: Future[None] | None = None
     try:
-        executor.submit_job(s, job)
+        if not stream:
+            future = (
+                executor.submit(_run_claimed, job)
+                if s is None
+                else executor.submit_in(s, _run_claimed, job)
+            )
+            future.add_done_callback(_carried(job))
+        elif s is None:
+            raise TypeError("a stream needs a set")
+        else:
+            executor.submit_job(s, job)
     except BaseException:
-        job.cancelled = True  # never queued, so never runs
+        job.cancelled = True  # never handed off, so never runs
         raise
     try:
         if library == "asyncio":
@@ -214,6 +261,8 @@ async def wait_job(
     except BaseException:
         if job.take():
             job.cancelled = True  # withdrawn before a worker took it
+            if future is not None:
+                future.cancel()  # a call still queued need not even start
         elif on_abandon is not None and not finish.pop(0, False):
             _abandoned(on_abandon)  # it finished before we got here
         raise

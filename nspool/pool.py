@@ -602,7 +602,7 @@ class Pool:
         s = await self._take_async()
         job = make_job(fn, *args, **kwargs)
         try:
-            await wait_job(self._workers_or_default(), s, job, lambda: self._drop(s))
+            await wait_job(self._workers_or_default(), s, job, lambda: self._drop(s), stream=False)
         except BaseException:
             if job.cancelled:  # withdrawn before it ran: the set is untouched
                 await self._give_back_async(s)

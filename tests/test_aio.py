@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import fcntl
+import functools
 import os
 import socket
 import struct
@@ -165,10 +166,12 @@ def test_a_job_claim_goes_to_exactly_one_taker() -> None:
         assert sorted(won) == [False, False, False, True]
 
 
-async def test_wait_job_withdrawn_or_abandoned() -> None:
-    """The one cancellation story of wait_job: a job still queued is
-    withdrawn (job.cancelled; it never runs, on_abandon never runs); a job
-    already running finishes, then on_abandon runs exactly once."""
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "own-call"])
+async def test_wait_job_withdrawn_or_abandoned(stream: bool) -> None:
+    """The one cancellation story of wait_job, for either hand-off: a job
+    still queued is withdrawn (job.cancelled; it never runs, on_abandon
+    never runs); a job already running finishes, then on_abandon runs
+    exactly once."""
     w = Workers(max_workers=1)
     gate = threading.Event()
     abandoned: list[str] = []
@@ -178,10 +181,11 @@ async def test_wait_job_withdrawn_or_abandoned() -> None:
             running = _wait.make_job(lambda: (ran.append("running"), gate.wait(5)))
             queued = _wait.make_job(ran.append, "queued")
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_wait.wait_job, w, s, running, lambda: abandoned.append("running"))
+                wait = functools.partial(_wait.wait_job, stream=stream)
+                tg.start_soon(wait, w, s, running, lambda: abandoned.append("running"))
                 started = lambda: ran == ["running"]  # noqa: E731
                 assert await anyio.to_thread.run_sync(wait_until, started)
-                tg.start_soon(_wait.wait_job, w, s, queued, lambda: abandoned.append("queued"))
+                tg.start_soon(wait, w, s, queued, lambda: abandoned.append("queued"))
                 await anyio.sleep(0.05)
                 tg.cancel_scope.cancel()
             assert queued.cancelled

@@ -173,10 +173,11 @@ def _carried(job: Job) -> Callable[[Future[None]], None]:
     the job's error; then ``on_done`` as the stream would call it."""
 
     def done(future: Future[None]) -> None:
-        if future.cancelled():
-            job.error = CancelledError("Workers shut down before the call started")
-        elif (error := future.exception()) is not None:
-            job.error = error
+        if job.claim:  # unclaimed: the call did not run, so the future says why
+            if future.cancelled():
+                job.error = CancelledError("Workers shut down before the call started")
+            elif (error := future.exception()) is not None:
+                job.error = error
         job.on_done(job)
 
     return done

@@ -1,12 +1,15 @@
 """Awaiting a worker's job from asyncio or Trio.
 
 Owns the one way an event loop waits for a call on a worker thread: the call
-is a :class:`~nspool.workers.Job` queued on its set's stream
-(:meth:`Workers.submit_job`), and its completion comes back through the
-loop's *inbox*: the worker appends a callback and wakes the loop only if the
-inbox was empty, so many jobs finishing together cost one loop wake-up, and
-no thread waits per awaiting task. ``await s.run``, ``await pool.run`` and
-the start of a process all wait here (:func:`wait_job`, :func:`run_in`).
+is a :class:`~nspool.workers.Job`, handed to a worker either on its set's
+stream (:meth:`Workers.submit_job`; ``await s.run``) or as a call of its own
+(``submit_in``; ``await pool.run`` and the start of a process, whose sets
+get one call each), and its completion comes back through the loop's
+*inbox*: the worker appends a callback and wakes the loop only if the inbox
+was empty, so many jobs finishing together cost one loop wake-up, and no
+thread waits per awaiting task (:func:`wait_job`, :func:`run_in`). One
+helper, :func:`unwrap`, turns a finished job into its result or raises its
+error.
 
 Cancellation (one story for every caller): cancelling the awaiting task (a
 cancel scope, ``fail_after``, ``Task.cancel()``) takes effect at once. Then

@@ -24,9 +24,9 @@ cancel scope, ``fail_after``, ``Task.cancel()``) takes effect at once. Then
 
 Why that holds: a cancellation can race the worker taking the job, and the
 worker finishing it. Each race is settled by a token that both sides try to
-take (:meth:`Job.take`, and the *finish* token here): ``dict.pop`` is one
-atomic operation, with or without the GIL, so exactly one side gets it and
-neither ever waits for the other.
+take (:meth:`Job.take`, and the *finish* token here, or a call's future):
+``dict.pop`` is one atomic operation, with or without the GIL, so exactly
+one side gets it and neither ever waits for the other.
 """
 
 from __future__ import annotations
@@ -204,7 +204,9 @@ async def wait_job(
     ``submit`` in the executor's home if ``s`` is ``None``), cheaper for a
     set that gets one call, as the pool's fresh sets do (a stream of one
     job costs a second check of the thread). Either way the same claim
-    settles a cancellation.
+    settles a cancellation; whether an abandoned job has finished is told
+    by the finish token on a stream, by the call's future otherwise (its
+    ``add_done_callback`` is atomic in the same way).
 
     Raises only if the job cannot be handed off (the executor is shut
     down) or the wait is cancelled. Then ``job.cancelled`` tells which half
@@ -225,7 +227,8 @@ async def wait_job(
     else:
         event = anyio.Event()
         wake = event.set
-    if on_abandon is None:
+    if on_abandon is None or not stream:
+        # A call of its own has its future settle the finish race.
         job.on_done = lambda _job: inbox.deliver(wake)
     else:
         # The finish token: taken by the worker when the job is done (then
@@ -267,7 +270,12 @@ async def wait_job(
             job.cancelled = True  # withdrawn before a worker took it
             if future is not None:
                 future.cancel()  # a call still queued need not even start
-        elif on_abandon is not None and not finish.pop(0, False):
+        elif on_abandon is None:
+            pass
+        elif future is not None:
+            # After the job's own callback; at once if it is done already.
+            future.add_done_callback(lambda _f: _abandoned(on_abandon))
+        elif not finish.pop(0, False):
             _abandoned(on_abandon)  # it finished before we got here
         raise
 

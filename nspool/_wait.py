@@ -170,20 +170,14 @@ def _run_claimed(job: Job) -> None:
             job.error = exc
 
 
-def _carried(job: Job) -> Callable[[Future[None]], None]:
-    """The done callback of a job's own call: an error of the hand-off
+def _hand_off_failed(job: Job, future: Future[None]) -> None:
+    """A job's own call that did not run the job: the error of the hand-off
     itself (the set closed or not enterable, the executor shut down) is
-    the job's error; then ``on_done`` as the stream would call it."""
-
-    def done(future: Future[None]) -> None:
-        if job.claim:  # unclaimed: the call did not run, so the future says why
-            if future.cancelled():
-                job.error = CancelledError("Workers shut down before the call started")
-            elif (error := future.exception()) is not None:
-                job.error = error
-        job.on_done(job)
-
-    return done
+    the job's error."""
+    if future.cancelled():
+        job.error = CancelledError("Workers shut down before the call started")
+    elif (error := future.exception()) is not None:
+        job.error = error
 
 
 async def wait_job(
@@ -195,8 +189,8 @@ async def wait_job(
     stream: bool = True,
 ) -> None:
     """Hand ``job`` to a worker inside ``s`` and wait, without blocking the
-    loop, until it is done; :func:`unwrap` then gives its outcome. The
-    job's ``on_done`` is set here.
+    loop, until it is done; :func:`unwrap` then gives its outcome. On a
+    stream the job's ``on_done`` is set here.
 
     The hand-off: with ``stream``, the job joins ``s``'s stream
     (:meth:`Workers.submit_job`: jobs awaited at once share a worker that
@@ -227,8 +221,9 @@ async def wait_job(
     else:
         event = anyio.Event()
         wake = event.set
-    if on_abandon is None or not stream:
-        # A call of its own has its future settle the finish race.
+    if not stream:
+        pass  # the call's future reports instead of on_done (below)
+    elif on_abandon is None:
         job.on_done = lambda _job: inbox.deliver(wake)
     else:
         # The finish token: taken by the worker when the job is done (then
@@ -252,7 +247,13 @@ async def wait_job(
                 if s is None
                 else executor.submit_in(s, _run_claimed, job)
             )
-            future.add_done_callback(_carried(job))
+
+            def settled(call: Future[None]) -> None:
+                if job.claim:  # unclaimed: the call did not run the job
+                    _hand_off_failed(job, call)
+                inbox.deliver(wake)
+
+            future.add_done_callback(settled)
         elif s is None:
             raise TypeError("a stream needs a set")
         else:

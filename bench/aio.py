@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 import anyio.to_thread
 from rich.console import Console
 
-from nspool import Kind, NamespaceSet, Workers, aio
+from nspool import Kind, NamespaceSet, Workers, _wait
 
 from ._common import Row, interleave, no_gc, run_main
 
@@ -97,13 +97,13 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
             return lambda: anyio.to_thread.run_sync(noop)
 
         def nspool_run() -> Callable[[], Awaitable[object]]:
-            return lambda: aio.run_in(workers, s, noop)
+            return lambda: _wait.run_in(workers, s, noop)
 
         def nspool_same_cpu() -> Callable[[], Awaitable[object]]:
-            return lambda: aio.run_in(same_cpu, s, noop)
+            return lambda: _wait.run_in(same_cpu, s, noop)
 
         def nspool_never_pinned() -> Callable[[], Awaitable[object]]:
-            return lambda: aio.run_in(never_pinned, s, noop)
+            return lambda: _wait.run_in(never_pinned, s, noop)
 
         makers = {
             "executor": executor,

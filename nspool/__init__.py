@@ -16,7 +16,7 @@ that points up. Child programs (``*_child``) import nothing of nspool.
 - creating sets: ``_pidinit``, ``_loopback``, ``_create``, ``_creator_proc``
 - persistence, opening what exists: ``_persist``, ``_open``
 - workers: ``_home``, ``_handoff``, ``_scheduler``, ``_worker``, ``workers``
-- awaiting from an event loop, sockets, processes: ``aio``
+- awaiting from an event loop, sockets, processes: ``_wait``, ``_sockets``, ``_process``
 - the user's types: ``nsset``, ``net``
 - a pool's insides: ``_pool_state``, ``_pool_book``, ``_pool_creators``, ``_pool_closer``
 - the pool: ``pool``

@@ -23,7 +23,7 @@ from ._options import SetOptions
 from ._pidinit import PidInit
 from ._thread_ns import THREAD_NS_DIR, enter
 from ._userns import make_in_helper
-from .errors import UnsupportedKindError
+from .errors import UnsupportedKindError, outcome
 from .kinds import Kind
 
 __all__ = ["NEW_MOUNT_PROPAGATION", "create", "make_namespaces", "on_helper_thread"]
@@ -183,11 +183,5 @@ def on_helper_thread(work: Callable[[], _T], cleanup: Callable[[_T], None], *, n
         if finished:
             cleanup(box.pop("result"))
         raise
-    if "error" in box:
-        error: BaseException = box.pop("error")
-        try:
-            raise error
-        finally:
-            del error
-    result: _T = box.pop("result")
+    result: _T = outcome(box.pop("result", None), box.pop("error", None))
     return result

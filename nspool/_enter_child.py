@@ -2,7 +2,7 @@
 differs from the workers'.
 
 A thread cannot join a user or time namespace other than its own, but a
-single-threaded process may: so :func:`nspool.aio.open_process_in` starts
+single-threaded process may: so :func:`nspool._process.open_process_in` starts
 this as a fresh interpreter (``python -I -S FILE ...``, from a worker that
 has entered the set's pid namespace), and it joins the set, changes to the
 working directory, and execs the command. It imports only the standard

@@ -31,23 +31,11 @@ from concurrent.futures import Future
 from typing import Any, TypeAlias, TypeVar
 
 from ._handle import HasHandle
+from .errors import outcome
 
 __all__ = ["Call", "Drain", "Item", "Job", "Stream", "Task", "outcome"]
 
 _T = TypeVar("_T")
-
-
-def outcome(result: _T, error: BaseException | None) -> _T:
-    """``result``, or raise ``error`` (with its traceback). The frame drops
-    its reference to the error as it raises, so no cycle (error, traceback,
-    frame) keeps the error's frames alive; the caller drops its own first
-    (see :meth:`Task.take`)."""
-    if error is None:
-        return result
-    try:
-        raise error
-    finally:
-        del error
 
 
 class Task:
@@ -88,10 +76,12 @@ class Job(Task):
     worker calls ``on_done(job)`` afterwards, on its own thread, with the
     outcome in :attr:`result` or :attr:`error`. Setting :attr:`cancelled`
     withdraws the job if no worker has taken it yet (``on_done`` is then
-    never called); a job already taken finishes.
+    never called); a job already taken finishes. A waiter that must know
+    which of the two happened calls :meth:`seize` instead: the worker seizes
+    the same claim before it runs the job, and only one of them gets it.
     """
 
-    __slots__ = ("cancelled", "on_done")
+    __slots__ = ("cancelled", "claim", "on_done")
 
     def __init__(
         self,
@@ -109,6 +99,14 @@ class Job(Task):
         self.error = None
         self.on_done = on_done
         self.cancelled = False
+        #: The claim token (see :meth:`seize`).
+        self.claim = {0: True}
+
+    def seize(self) -> bool:
+        """Take the job's claim: ``True`` for exactly one caller, the worker
+        about to run it or a waiter withdrawing it (``dict.pop`` is atomic,
+        with or without the GIL)."""
+        return self.claim.pop(0, False)
 
 
 class Call(Task):

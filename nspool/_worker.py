@@ -326,7 +326,7 @@ class Worker:
     def _run_jobs(self, core: Scheduler, stream: Stream, expected: dict[Kind, int]) -> None:
         """Run jobs until the stream is empty, each outcome handed over as
         soon as the thread is checked (the submitter's side batches its
-        wake-ups: see ``nspool.aio``)."""
+        wake-ups: see ``nspool._wait``)."""
         jobs, h = stream.jobs, stream.nsset.handle
         bits = h.bits
         busy = stream.busy
@@ -343,7 +343,7 @@ class Worker:
                 continue
             if jobs and not stream.growing:
                 core.grow(stream)  # more waiting: another thread may help
-            if job.cancelled:
+            if job.cancelled or not job.seize():  # withdrawn by its waiter
                 busy.discard(self)
                 continue
             if h.closed:

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 __all__ = [
     "InvalidArgumentError",
@@ -38,6 +41,7 @@ __all__ = [
     "SetClosedError",
     "UnsupportedKindError",
     "from_errno",
+    "outcome",
 ]
 
 
@@ -217,3 +221,16 @@ PRIVILEGE_HINT = (
     "nspool.enter_user_namespace() first thing to work in rootless mode"
 )
 _PRIVILEGED = ("unshare", "setns", "mount", "umount")
+
+
+def outcome(result: _T, error: BaseException | None) -> _T:
+    """``result``, or raise ``error`` (with its traceback). The frame drops
+    its reference to the error as it raises, so no cycle (error, traceback,
+    frame) keeps the error's frames alive; the caller drops its own first
+    (``nspool._handoff.Task.take``)."""
+    if error is None:
+        return result
+    try:
+        raise error
+    finally:
+        del error

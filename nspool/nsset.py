@@ -41,18 +41,10 @@ from ._handle import InitRef, SetHandle, fork_error, pid_namespace_ended_error
 from ._loopback import loopback_up
 from ._options import SetOptions, UnshareOptions
 from ._persist import NETNS_RUN_DIR
+from ._process import Command, NamespaceProcess, ProcessOptions, open_process_in, run_process_in
+from ._sockets import connect_tcp_in, create_tcp_listener_in, socket_in
 from ._thread_ns import call_inline, run_as_current, thread
-from .aio import (
-    Command,
-    NamespaceProcess,
-    ProcessOptions,
-    connect_tcp_in,
-    create_tcp_listener_in,
-    open_process_in,
-    run_in,
-    run_process_in,
-    socket_in,
-)
+from ._wait import run_in
 from .errors import (
     InvalidArgumentTypeError,
     KindError,
@@ -353,7 +345,7 @@ class NamespaceSet:
     async def run(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Await ``fn(*args, **kwargs)`` run on a worker thread inside this
         set (the default ``Workers``), from asyncio or Trio, without blocking
-        the event loop; see :func:`nspool.aio.run_in`.
+        the event loop; see :func:`nspool._wait.run_in`.
 
         Cancellation: the awaiting task is cancelled at once; a call still
         queued never runs; a running one finishes in the background and its
@@ -363,12 +355,12 @@ class NamespaceSet:
 
     async def socket(self, family: int = 2, type: int = 1, proto: int = 0) -> _socket.socket:
         """A non-blocking socket that lives in this set's netns (default
-        ``AF_INET``, ``SOCK_STREAM``); see :func:`nspool.aio.socket_in`."""
+        ``AF_INET``, ``SOCK_STREAM``); see :func:`nspool._sockets.socket_in`."""
         return socket_in(self, family, type, proto)
 
     async def connect_tcp(self, host: str, port: int) -> anyio.abc.SocketStream:
         """An anyio stream connected from this set's netns, the name resolved
-        inside the set; see :func:`nspool.aio.connect_tcp_in`.
+        inside the set; see :func:`nspool._sockets.connect_tcp_in`.
 
         Cancellation: as for any anyio connect; nothing is left open."""
         return await connect_tcp_in(self, host, port)
@@ -377,7 +369,7 @@ class NamespaceSet:
         self, local_host: str | None = None, local_port: int = 0
     ) -> anyio.abc.SocketListener:
         """An anyio listener bound in this set's netns; see
-        :func:`nspool.aio.create_tcp_listener_in`."""
+        :func:`nspool._sockets.create_tcp_listener_in`."""
         return await create_tcp_listener_in(self, local_host, local_port)
 
     async def run_process(
@@ -393,7 +385,7 @@ class NamespaceSet:
     ) -> subprocess.CompletedProcess[bytes]:
         """Run ``command`` inside this set (forked from a worker that entered
         it) and return its output, as ``anyio.run_process`` does; see
-        :func:`nspool.aio.run_process_in`.
+        :func:`nspool._process.run_process_in`.
 
         Cancellation: the process is killed and reaped.
 
@@ -428,7 +420,7 @@ class NamespaceSet:
     ) -> NamespaceProcess:
         """Start ``command`` inside this set, as ``anyio.open_process`` does,
         and return the process (use it with ``async with``); see
-        :func:`nspool.aio.open_process_in`.
+        :func:`nspool._process.open_process_in`.
 
         Cancellation: a process started by a cancelled call is killed and
         reaped.

@@ -42,8 +42,6 @@ hook (:mod:`nspool._pool_state`).
 
 from __future__ import annotations
 
-import contextvars
-import functools
 import logging
 import os
 import time
@@ -61,7 +59,7 @@ from ._pool_closer import Closer, close_bound
 from ._pool_creators import PROCESS_BATCH as PROCESS_BATCH  # re-exported: read it here
 from ._pool_creators import Creators, PoolSide, cpu_set
 from ._pool_state import Recycler, net_state
-from .aio import no_async_library, wait_done
+from ._wait import make_job, unwrap, wait_job
 from .kinds import Kind, KindsArg
 from .nsset import NamespaceSet
 from .workers import Workers, default_workers
@@ -436,22 +434,16 @@ class Pool(PoolBook):
         away when it does, never reused.
         """
         s = await self._take_async()
-        executor = self._workers_or_default()
+        job = make_job(fn, *args, **kwargs)
         try:
-            context = contextvars.copy_context()
-            no_async_library(context)
-            future = executor.submit_in(s, functools.partial(context.run, fn, *args, **kwargs))
+            await wait_job(self._workers_or_default(), s, job, lambda: self._drop(s), stream=False)
         except BaseException:
-            await self._give_back_async(s)
-            raise
-        try:
-            await wait_done(future, lambda: self._drop(s))
-        except BaseException:
-            if future.cancelled():  # withdrawn before it ran: the set is untouched
+            if job.cancelled:  # withdrawn before it ran: the set is untouched
                 await self._give_back_async(s)
             raise  # else the abandoned call's set is dropped when it finishes
         await self._give_back_async(s)
-        return future.result()
+        result: _T = unwrap(job)
+        return result
 
     async def _take_async(self) -> NamespaceSet:
         """A set without blocking the loop: a ready one at once, else one

@@ -243,7 +243,7 @@ class Workers(Executor):
         still run side by side. Each job is checked as a call is.
 
         Never blocks. For front ends that await many calls at once (the
-        async :func:`nspool.aio.run_in`); :meth:`submit_in` is the one-call
+        async :func:`nspool._wait.run_in`); :meth:`submit_in` is the one-call
         equivalent with a ``Future``.
         """
         self._core.submit_job(nsset, job)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import fcntl
+import functools
 import os
 import socket
 import struct
@@ -19,7 +20,17 @@ import anyio.abc
 import anyio.to_thread
 import pytest
 
-from nspool import Kind, NamespaceSet, Pool, Workers, _sys, _thread_ns, aio, default_workers
+from nspool import (
+    Kind,
+    NamespaceSet,
+    Pool,
+    Workers,
+    _sys,
+    _thread_ns,
+    _wait,
+    default_workers,
+    workers,
+)
 from nspool.net import loopback_up
 
 from .conftest import Witness, thread_ns, wait_until
@@ -64,7 +75,7 @@ async def test_many_awaits_at_once(pool_workers: Workers) -> None:
 
         async def one(i: int) -> None:
             s = sets[i % len(sets)]
-            results[i] = (i, await aio.run_in(pool_workers, s, thread_ns, "net"))
+            results[i] = (i, await _wait.run_in(pool_workers, s, thread_ns, "net"))
 
         async with anyio.create_task_group() as tg:
             for i in range(400):
@@ -90,7 +101,7 @@ async def test_the_loop_is_not_blocked(pool_workers: Workers) -> None:
     with NamespaceSet.unshare(Kind.UTS) as s:
         async with anyio.create_task_group() as tg:
             tg.start_soon(ticker)
-            await aio.run_in(pool_workers, s, time.sleep, 0.3)
+            await _wait.run_in(pool_workers, s, time.sleep, 0.3)
             tg.cancel_scope.cancel()
     assert ticks >= 10
 
@@ -108,7 +119,7 @@ async def test_cancellation_is_immediate_and_the_call_finishes(pool_workers: Wor
     with NamespaceSet.unshare(Kind.NET) as s:
         started = time.monotonic()
         with anyio.move_on_after(0.05):
-            await aio.run_in(pool_workers, s, slow)
+            await _wait.run_in(pool_workers, s, slow)
         assert time.monotonic() - started < 0.25
         assert not finished.is_set()
         assert await anyio.to_thread.run_sync(finished.wait, 5)
@@ -122,7 +133,7 @@ async def test_cancellation_storm(pool_workers: Workers) -> None:
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 for _ in range(2000):
-                    tg.start_soon(aio.run_in, pool_workers, s, time.sleep, 0.001)
+                    tg.start_soon(_wait.run_in, pool_workers, s, time.sleep, 0.001)
                 await anyio.sleep(0.01)
                 scope.cancel()
         assert wait_until(lambda: pool_workers.stats().queued == 0, timeout=20)
@@ -130,7 +141,64 @@ async def test_cancellation_storm(pool_workers: Workers) -> None:
             lambda: pool_workers.stats().idle == pool_workers.stats().threads, timeout=20
         )
         assert pool_workers.stats().calls < 2000 or pool_workers.stats().queued == 0
-        assert await aio.run_in(pool_workers, s, lambda: "still fine") == "still fine"
+        assert await _wait.run_in(pool_workers, s, lambda: "still fine") == "still fine"
+
+
+def test_a_job_claim_goes_to_exactly_one_taker() -> None:
+    """Job.take: the worker about to run a job and a waiter withdrawing it
+    race for one claim; however many threads try at once, one gets it."""
+    for _ in range(200):
+        job = _wait.make_job(int)
+        barrier = threading.Barrier(4)
+        won: list[bool] = []
+
+        def race(
+            job: workers.Job = job, barrier: threading.Barrier = barrier, won: list[bool] = won
+        ) -> None:
+            barrier.wait()
+            won.append(job.seize())
+
+        threads = [threading.Thread(target=race) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert sorted(won) == [False, False, False, True]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "own-call"])
+async def test_wait_job_withdrawn_or_abandoned(stream: bool) -> None:
+    """The one cancellation story of wait_job, for either hand-off: a job
+    still queued is withdrawn (job.cancelled; it never runs, on_abandon
+    never runs); a job already running finishes, then on_abandon runs
+    exactly once."""
+    w = Workers(max_workers=1)
+    gate = threading.Event()
+    abandoned: list[str] = []
+    ran: list[str] = []
+    try:
+        with NamespaceSet.unshare(Kind.NET) as s:
+            running = _wait.make_job(lambda: (ran.append("running"), gate.wait(5)))
+            queued = _wait.make_job(ran.append, "queued")
+            async with anyio.create_task_group() as tg:
+                wait = functools.partial(_wait.wait_job, stream=stream)
+                tg.start_soon(wait, w, s, running, lambda: abandoned.append("running"))
+                started = lambda: ran == ["running"]  # noqa: E731
+                assert await anyio.to_thread.run_sync(wait_until, started)
+                tg.start_soon(wait, w, s, queued, lambda: abandoned.append("queued"))
+                await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+            assert queued.cancelled
+            assert not running.cancelled
+            assert abandoned == []
+            gate.set()
+            assert wait_until(lambda: abandoned == ["running"])
+            assert await _wait.run_in(w, s, lambda: "next") == "next"
+            assert ran == ["running"]
+            assert abandoned == ["running"]
+    finally:
+        gate.set()
+        w.shutdown(wait=True)
 
 
 async def test_pool_run_and_lease(pool_workers: Workers) -> None:
@@ -142,8 +210,8 @@ async def test_pool_run_and_lease(pool_workers: Workers) -> None:
         b = await pool.run(netns_cookie)
         assert a != b
         async with pool.lease() as s:
-            first = await aio.run_in(pool_workers, s, thread_ns, "net")
-            assert await aio.run_in(pool_workers, s, thread_ns, "net") == first
+            first = await _wait.run_in(pool_workers, s, thread_ns, "net")
+            assert await _wait.run_in(pool_workers, s, thread_ns, "net") == first
             assert pool.stats().leased == 1
         assert pool.stats().leased == 0
         assert pool.stats().discarded >= 3

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import nspool
-from nspool import Kind, NamespaceError, NamespaceSet, _pidinit, _sys, _userns, aio, nsset
+from nspool import Kind, NamespaceError, NamespaceSet, _pidinit, _process, _sys, _userns, nsset
 
 from .test_faults_nsset import bounded
 from .test_userns import children
@@ -106,7 +106,7 @@ def test_parents_start_the_files() -> None:
         (nsset, "_INIT_SOURCE"),
         (_userns, "REAP_SOURCE"),
         (_userns, "_HELPER_SOURCE"),
-        (aio, "_ENTER_SOURCE"),
+        (_process, "_ENTER_SOURCE"),
     ]:
         assert not hasattr(module, name), (module.__name__, name)
     for path in PACKAGE.glob("*.py"):

@@ -54,7 +54,6 @@ def test_no_other_public_names() -> None:
         "workers",
         "net",
         "pool",
-        "aio",
         "cli",
         "rootless",
         "demo",

@@ -22,7 +22,7 @@ import anyio
 import pytest
 import sniffio
 
-from nspool import Kind, NamespaceError, NamespaceSet, Workers, _sys, _worker, aio, workers
+from nspool import Kind, NamespaceError, NamespaceSet, Workers, _sys, _wait, _worker, workers
 
 from .conftest import wait_until
 
@@ -107,8 +107,8 @@ def test_unshare_files_in_a_stream_discards_the_drainer(pool: Workers) -> None:
     with NamespaceSet.unshare(Kind.UTS) as s:
 
         async def main() -> None:
-            await aio.run_in(pool, s, _sys.unshare, 0x400)
-            await aio.run_in(pool, s, int)
+            await _wait.run_in(pool, s, _sys.unshare, 0x400)
+            await _wait.run_in(pool, s, int)
 
         anyio.run(main)
         assert pool.stats().discarded == 1
@@ -137,7 +137,7 @@ async def test_run_callable_sees_no_async_library(pool: Workers) -> None:
             return None
 
     with NamespaceSet.unshare(Kind.UTS) as s:
-        assert await aio.run_in(pool, s, library) is None
+        assert await _wait.run_in(pool, s, library) is None
 
 
 # -- 6: a drainer that cannot settle ----------------------------------------------------
@@ -163,10 +163,10 @@ async def test_drainer_that_cannot_settle_fails_the_jobs(
     monkeypatch.setattr(_worker.Worker, "_settle", settle)
     with NamespaceSet.unshare(Kind.UTS) as s:
         with anyio.fail_after(10), pytest.raises(OSError, match="Too many") as info:
-            await aio.run_in(pool, s, int)
+            await _wait.run_in(pool, s, int)
         assert info.value.errno == errno.EMFILE
         with anyio.fail_after(10):
-            assert await aio.run_in(pool, s, int) == 0
+            assert await _wait.run_in(pool, s, int) == 0
 
 
 # -- 7: fork --------------------------------------------------------------------------

@@ -1,345 +1,49 @@
-"""The async front end: await calls on worker threads from asyncio or Trio.
+"""Processes started inside a set, driven from the event loop.
 
-Built on anyio, so the same code serves both event loops. A call is handed to
-a ``Workers`` executor as usual; its result comes back to the event loop
-through a per-loop *inbox*: a worker thread appends the completion and wakes
-the loop only if the inbox was empty, so many results completing together
-cost one loop wake-up, and no thread waits per awaiting task.
+Owns :func:`open_process_in` and :func:`run_process_in` (what
+``NamespaceSet.open_process`` and ``run_process`` do), the process they give
+(:class:`NamespaceProcess`, as ``anyio.open_process`` returns one), its
+pipes, and the option types (:class:`ProcessOptions`, :data:`Command`).
 
-Cancellation: cancelling the awaiting task (a cancel scope, ``fail_after``,
-``Task.cancel()``) takes effect at once. A call still queued is withdrawn; a
-callable already running on its thread cannot be stopped: it finishes in the
-background and its result is dropped. A pool set it ran in is thrown away,
-never reused, once it finishes.
+The process is forked from a worker thread that has entered the set (the
+fork is a job awaited through :mod:`nspool._wait`), so it starts in all of
+the set's namespaces, pid and time included, never in the event loop's;
+where a thread cannot join (another user or time namespace) the process
+joins the set itself before exec. Only the fork runs on the worker: pipes
+are read and the exit is awaited on the event loop (a pidfd), with no
+thread per process.
+
+Cancellation: a process started by a cancelled start is killed and reaped
+(if the fork was still queued, it never happens); a cancelled ``wait`` only
+stops waiting, and ``aclose`` (``async with``) then kills and reaps it;
+:func:`run_process_in` kills and reaps it before the cancellation goes on.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import errno
-import ipaddress
 import os
-import socket
 import subprocess
-import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
-from typing import IO, Any, ParamSpec, TypedDict, TypeVar, Unpack
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, Any, TypedDict, Unpack
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import anyio.to_thread
-import sniffio
 
 from . import _sys
 from ._handle import HasHandle, dup_fds, fork_error
-from ._thread_ns import call_inline
-from .errors import KindError, UnsupportedKindError, from_errno
+from ._wait import make_job, unwrap, wait_job
 from .kinds import SETNS_ORDER, Kind
-from .workers import Job, Workers, default_workers
+from .workers import default_workers
 
 __all__ = [
     "Command",
     "NamespaceProcess",
     "ProcessOptions",
-    "call_in_netns",
-    "connect_tcp_in",
-    "create_tcp_listener_in",
-    "no_async_library",
     "open_process_in",
-    "resolve_in",
-    "run_in",
     "run_process_in",
-    "socket_in",
-    "wait_done",
 ]
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-
-class _Inbox:
-    """Completions bound for one event loop, delivered in batches.
-
-    ``deliver`` may be called from any thread; the callbacks run on the loop
-    thread, all that arrived before the loop got to them in one go.
-    """
-
-    def __init__(self, schedule: Callable[[Callable[[], None]], object]) -> None:
-        self._schedule = schedule
-        self._lock = threading.Lock()
-        self._items: list[Callable[[], None]] = []
-        self._scheduled = False
-
-    def deliver(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            self._items.append(callback)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        try:
-            self._schedule(self._drain)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            with self._lock:
-                self._items.clear()
-                self._scheduled = False
-
-    def _drain(self) -> None:
-        with self._lock:
-            items, self._items = self._items, []
-            self._scheduled = False
-        for callback in items:
-            callback()
-
-
-_asyncio_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = (
-    weakref.WeakKeyDictionary()
-)
-_trio_inbox: Any = None  # a trio.lowlevel.RunVar, made on first use
-
-
-def _inbox(library: str) -> _Inbox:
-    """The inbox of the running event loop (made on first use)."""
-    if library == "asyncio":
-        loop = asyncio.get_running_loop()
-        inbox = _asyncio_inboxes.get(loop)
-        if inbox is None:
-            inbox = _asyncio_inboxes[loop] = _Inbox(loop.call_soon_threadsafe)
-        return inbox
-    if library == "trio":
-        import trio
-
-        global _trio_inbox
-        if _trio_inbox is None:
-            _trio_inbox = trio.lowlevel.RunVar("nspool_inbox")
-        try:
-            found: _Inbox = _trio_inbox.get()
-        except LookupError:
-            found = _Inbox(trio.lowlevel.current_trio_token().run_sync_soon)
-            _trio_inbox.set(found)
-        return found
-    raise RuntimeError(f"nspool's async front end does not support {library}")
-
-
-async def wait_done(future: Future[Any], on_abandon: Callable[[], None] | None) -> None:
-    """Wait until ``future`` is done without blocking the loop. If the wait
-    is cancelled, the call is withdrawn if still queued (``future`` then
-    reports cancelled); otherwise ``on_abandon`` runs once it finishes (on
-    the worker thread, or at once if it just did)."""
-    library = sniffio.current_async_library()
-    inbox = _inbox(library)
-    try:
-        if library == "asyncio":
-            # A bare asyncio future: cheaper than an anyio.Event, and anyio's
-            # cancel scopes cancel the task awaiting it all the same.
-            waiter = asyncio.get_running_loop().create_future()
-
-            def wake() -> None:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-            future.add_done_callback(lambda _f: inbox.deliver(wake))
-            await waiter
-        else:
-            event = anyio.Event()
-            future.add_done_callback(lambda _f: inbox.deliver(event.set))
-            await event.wait()
-    except BaseException:
-        if not future.cancel() and on_abandon is not None:
-            future.add_done_callback(lambda _f: on_abandon())
-        raise
-
-
-def no_async_library(context: contextvars.Context) -> None:
-    """Clear sniffio's marker in a call's copied context, as
-    ``anyio.to_thread.run_sync`` does: the callable runs on a worker
-    thread, where no event loop is running."""
-    context.run(sniffio.current_async_library_cvar.set, None)
-
-
-async def run_in(
-    workers: Workers | None,
-    s: HasHandle,
-    fn: Callable[_P, _T],
-    /,
-    *args: _P.args,
-    **kwargs: _P.kwargs,
-) -> _T:
-    """Await ``fn(*args, **kwargs)`` run on a worker thread inside ``s``
-    (``workers``, or the default executor if ``None``). asyncio or Trio.
-
-    Calls awaited at once on the same set form a stream
-    (:meth:`Workers.submit_job`): a worker that has entered the set runs
-    them one after another, each checked as any call is, and more workers
-    join while calls wait, so calls that block still run side by side.
-
-    Cancellation: the awaiting task is cancelled at once; a call still
-    queued never runs; a running one finishes in the background and its
-    result is dropped.
-    """
-    executor = workers if workers is not None else default_workers()
-    library = sniffio.current_async_library()
-    inbox = _inbox(library)
-    if library == "asyncio":
-        waiter = asyncio.get_running_loop().create_future()
-
-        def wake() -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-
-        job = Job(fn, args, kwargs, lambda _job: inbox.deliver(wake))
-        no_async_library(job.context)
-        executor.submit_job(s, job)
-        try:
-            await waiter
-        except BaseException:
-            job.cancelled = True
-            raise
-    else:
-        event = anyio.Event()
-        job = Job(fn, args, kwargs, lambda _job: inbox.deliver(event.set))
-        no_async_library(job.context)
-        executor.submit_job(s, job)
-        try:
-            await event.wait()
-        except BaseException:
-            job.cancelled = True
-            raise
-    error = job.error
-    if error is not None:
-        job.error = None
-        try:
-            raise error
-        finally:
-            del error
-    result: _T = job.result
-    return result
-
-
-# -- network ------------------------------------------------------------------------
-
-
-def socket_in(
-    s: HasHandle,
-    family: int = socket.AF_INET,
-    type: int = socket.SOCK_STREAM,
-    proto: int = 0,
-) -> socket.socket:
-    """A non-blocking socket that lives in ``s``'s netns, made on the
-    calling thread (a ``setns`` into the netns and back: microseconds, no
-    thread hop). Usable from the event loop like any socket. In rootless
-    mode, where the calling thread could not come back, a worker makes it."""
-    try:
-        sock = call_in_netns(s, socket.socket, family, type, proto)
-    except UnsupportedKindError as exc:
-        if exc.errno != errno.EPERM:
-            raise
-        # The calling thread could not come back (rootless mode): a worker,
-        # which never has to, makes the socket instead (a thread hop).
-        sock = default_workers().run_sync(s, socket.socket, family, type, proto)
-    sock.setblocking(False)
-    return sock
-
-
-def call_in_netns(s: HasHandle, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """``fn`` on the calling thread inside ``s``'s netns only (the other
-    kinds untouched), e.g. to make a socket there. A socket belongs to the
-    netns it was made in, whatever thread uses it later."""
-    if not s.handle.bits & int(Kind.NET):
-        raise KindError(
-            errno.EINVAL,
-            syscall="socket",
-            kind=Kind.NET,
-            detail=f"the set holds no network namespace ({s.handle.kinds})",
-        )
-    return call_inline(s, Kind.NET, fn, *args, **kwargs)
-
-
-async def resolve_in(
-    s: HasHandle, host: str | None, port: int | str | None, *, type: int, flags: int = 0
-) -> list[tuple[Any, ...]]:
-    """``getaddrinfo`` on a worker inside ``s``: the resolver's files and
-    sockets are those of the set (asyncio's and anyio's ``getaddrinfo`` run
-    on executor threads outside it)."""
-    infos: list[tuple[Any, ...]] = await run_in(
-        None, s, socket.getaddrinfo, host, port, 0, type, 0, flags
-    )
-    return infos
-
-
-async def connect_tcp_in(s: HasHandle, host: str, port: int) -> anyio.abc.SocketStream:
-    """An anyio stream connected to ``host:port`` from ``s``'s netns; the
-    name is resolved inside the set, each address tried in turn."""
-    infos = await resolve_in(s, host, port, type=socket.SOCK_STREAM)
-    error: OSError | None = None
-    for family, type_, proto, _name, address in infos:
-        sock = socket_in(s, family, type_, proto)
-        try:
-            try:
-                sock.connect(address)
-            except BlockingIOError:
-                await anyio.wait_writable(sock)
-                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if code:
-                    raise OSError(code, os.strerror(code), f"{host}:{port}") from None
-            return await anyio.abc.SocketStream.from_socket(sock)
-        except OSError as exc:
-            sock.close()
-            error = exc
-        except BaseException:
-            sock.close()
-            raise
-    if error is not None and error.errno == errno.ENETUNREACH and _is_loopback(infos):
-        raise from_errno(
-            errno.ENETUNREACH,
-            syscall="connect",
-            kind=Kind.NET,
-            path=f"{host}:{port}",
-            detail="lo is down in this set; hint: make it with "
-            "NamespaceSet.unshare(..., loopback=True), or run nspool.net.loopback_up in it",
-        ) from error
-    raise error if error is not None else OSError(f"no address for {host}:{port}")
-
-
-def _is_loopback(infos: Sequence[tuple[Any, ...]]) -> bool:
-    """Whether every address ``getaddrinfo`` gave is a loopback one."""
-    try:
-        return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
-    except ValueError:
-        return False
-
-
-async def create_tcp_listener_in(
-    s: HasHandle,
-    local_host: str | None = None,
-    local_port: int = 0,
-    *,
-    backlog: int = 65536,
-    reuse_port: bool = False,
-) -> anyio.abc.SocketListener:
-    """An anyio listener bound in ``s``'s netns (the first address
-    ``local_host`` resolves to there; all interfaces if ``None``)."""
-    infos = await resolve_in(
-        s, local_host, local_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    family, type_, proto, _name, address = infos[0]
-    sock = socket_in(s, family, type_, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        sock.listen(min(backlog, socket.SOMAXCONN))
-        return await anyio.abc.SocketListener.from_socket(sock)
-    except BaseException:
-        sock.close()
-        raise
-
-
-# -- processes --------------------------------------------------------------------------
 
 
 class _Pipe:
@@ -610,18 +314,25 @@ async def open_process_in(
         _close_popen_pipes(popen)
         os.close(pidfd)
 
-    try:
-        future = executor.submit(start) if inner is None else executor.submit_in(inner, start)
-    except BaseException:
+    job = make_job(start)
+
+    def abandon() -> None:
+        # The child has its own copies once started (or never starts): ours
+        # close when the fork is done, even if the wait was cancelled.
         if own:
+            _close_all(inner, own)
+        if job.error is None:
+            discard(job.result)
+
+    try:
+        await wait_job(executor, inner, job, abandon, stream=False)
+    except BaseException:
+        if job.cancelled and own:  # withdrawn: the fork never happens
             _close_all(inner, own)
         raise
     if own:
-        # The child has its own copies once started (or never starts): ours
-        # close when the call is done, even if this wait is cancelled.
-        future.add_done_callback(lambda _f: _close_all(inner, own))
-    await wait_done(future, lambda: None if future.exception() else discard(future.result()))
-    popen, pidfd = future.result()
+        _close_all(inner, own)
+    popen, pidfd = unwrap(job)
     return NamespaceProcess(popen, pidfd)
 
 

@@ -8,12 +8,16 @@ interpreter, by ``NSPOOL_NATIVE=0``).
 
 from __future__ import annotations
 
+import concurrent.futures
+import errno
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -22,6 +26,7 @@ from nspool import Kind, NamespaceSet, _native, _pidinit, _sys, workers
 from .conftest import wait_until
 from .test_userns import run
 
+T = TypeVar("T")
 PACKAGE = Path(_native.__file__).parent
 NOT_BUILT = f"compiled pid init not in use: {_native.REASON}"
 
@@ -189,3 +194,165 @@ def test_native_0_ignores_what_was_built() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "NSPOOL_NATIVE=0" in done.stdout
+
+
+# --- the hop primitives ---------------------------------------------------
+
+CLONE_FILES = 0x00000400
+CLONE_NEWNET = int(Kind.NET)
+NAMES = (b"net", b"uts", b"ipc")
+
+
+def implementations() -> list[object]:
+    """The fallback, and the compiled module's functions where built."""
+    found: list[object] = [pytest.param("python", id="python")]
+    marks = [] if _native.EXT else [pytest.mark.skip(reason=f"not built: {_native.REASON}")]
+    found.append(pytest.param("native", id="native", marks=marks))
+    return found
+
+
+def hop(which: str, name: str) -> Any:
+    """Function ``name`` of path ``which``."""
+    if which == "python":
+        return getattr(_native, f"py_{name}")
+    assert _native.EXT
+    return getattr(_native, name)
+
+
+def on_thread(fn: Callable[[], T]) -> T:
+    """``fn()``'s result on a throwaway thread (whose namespaces and fs it
+    may change: they end with it)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
+
+
+def errno_of(call: Callable[[], object]) -> int | None:
+    """The errno of the ``OSError`` that ``call()`` raises (None if none)."""
+    try:
+        call()
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def own_ns_dir() -> int:
+    return os.open("thread-self/ns", os.O_RDONLY | os.O_DIRECTORY, dir_fd=_sys.HOST_PROC)
+
+
+def own_inodes(names: tuple[bytes, ...]) -> tuple[int, ...]:
+    return tuple(os.stat(f"/proc/thread-self/ns/{n.decode()}").st_ino for n in names)
+
+
+@pytest.mark.parametrize("which", implementations())
+def test_read_inodes(which: str) -> None:
+    read_inodes = hop(which, "read_inodes")
+    dirfd = own_ns_dir()
+    try:
+        assert read_inodes(dirfd, NAMES) == own_inodes(NAMES)
+        assert read_inodes(dirfd, ()) == ()
+        assert errno_of(lambda: read_inodes(dirfd, (b"net", b"nothing"))) == errno.ENOENT
+    finally:
+        os.close(dirfd)
+    assert errno_of(lambda: read_inodes(-1, NAMES)) == errno.EBADF
+    # A link that is not a namespace's: /proc/self/cwd.
+    assert errno_of(lambda: read_inodes(_sys.HOST_PROC, (b"self/cwd",))) == errno.EINVAL
+
+
+@pytest.mark.parametrize("which", implementations())
+def test_setns(which: str) -> None:
+    setns = hop(which, "setns")
+    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        assert setns(fd, CLONE_NEWNET) is None
+        assert setns(fd, 0) is None
+        assert errno_of(lambda: setns(fd, int(Kind.UTS))) == errno.EINVAL
+    finally:
+        os.close(fd)
+    assert errno_of(lambda: setns(-1, CLONE_NEWNET)) == errno.EBADF
+
+
+def check_on_a_thread(
+    which: str,
+    before: Callable[[], None],
+    *,
+    check_fs: bool = True,
+    names: tuple[bytes, ...] = NAMES,
+    anchor: bool = False,
+    dirfd: int | None = None,
+    tid: int | None = None,
+) -> int:
+    """check_and_return on a throwaway thread whose expected links are read
+    first, after which it runs ``before`` (the harm to catch)."""
+    check_and_return = hop(which, "check_and_return")
+
+    # Opened by the thread, closed here once it is done: a thread that
+    # unshared its fd table would close only its own copies.
+    opened: list[int] = []
+
+    def run() -> int:
+        expected = own_inodes(names)
+        opened.append(own := own_ns_dir())
+        opened.append(home := os.open("/proc/thread-self/ns/net", os.O_RDONLY))
+        before()
+        return int(
+            check_and_return(
+                os.getpid(),
+                threading.get_native_id() if tid is None else tid,
+                check_fs,
+                own if dirfd is None else dirfd,
+                names,
+                expected,
+                home if anchor else -1,
+                CLONE_NEWNET,
+            )
+        )
+
+    try:
+        return on_thread(run)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def nothing() -> None:
+    pass
+
+
+@pytest.mark.parametrize("which", implementations())
+def test_check_and_return(which: str) -> None:
+    assert check_on_a_thread(which, nothing) == _native.CHECK_OK
+    assert check_on_a_thread(which, nothing, anchor=True) == _native.CHECK_OK
+    assert check_on_a_thread(which, nothing, names=()) == _native.CHECK_OK
+    # A thread that left the process's netns: the link that moved.
+    moved = check_on_a_thread(which, lambda: _sys.unshare(CLONE_NEWNET))
+    assert moved == _native.CHECK_LINK_MOVED + NAMES.index(b"net")
+    # The anchor puts it back when all else is well.
+    back = check_on_a_thread(
+        which, lambda: _sys.unshare(CLONE_NEWNET), names=(b"uts",), anchor=True
+    )
+    assert back == _native.CHECK_OK
+    # Its own fs (cwd, root): caught only when asked for.
+    assert check_on_a_thread(which, _sys.unshare_fs) == _native.CHECK_FS_DIFFERS
+    assert check_on_a_thread(which, _sys.unshare_fs, check_fs=False) == _native.CHECK_OK
+    # Its own fd table.
+    files = check_on_a_thread(which, lambda: _sys.unshare(CLONE_FILES))
+    assert files == _native.CHECK_FILES_DIFFER
+    # A failed syscall: -errno.
+    assert check_on_a_thread(which, nothing, dirfd=-1) == -errno.EBADF
+    assert check_on_a_thread(which, nothing, tid=2**22 + 1) == -errno.ESRCH
+
+
+def test_both_paths_give_the_same_results() -> None:
+    """The compiled functions and the fallbacks side by side, same inputs."""
+    if not _native.EXT:
+        pytest.skip(f"not built: {_native.REASON}")
+    cases: list[tuple[Callable[[], None], dict[str, Any]]] = [
+        (nothing, {}),
+        (lambda: _sys.unshare(CLONE_NEWNET), {}),
+        (_sys.unshare_fs, {}),
+        (_sys.unshare_fs, {"check_fs": False}),
+        (nothing, {"dirfd": 12345}),
+    ]
+    for before, options in cases:
+        results = {w: check_on_a_thread(w, before, **options) for w in ("python", "native")}
+        assert results["python"] == results["native"], (before, options, results)

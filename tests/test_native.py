@@ -15,30 +15,20 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from nspool import Kind, NamespaceSet, _native, _pidinit, _sys, workers
+from nspool import Kind, NamespaceSet, _native, _sys
 
 from .conftest import wait_until
-from .test_userns import run
+from .test_userns import fresh_workers, run
 
 T = TypeVar("T")
 PACKAGE = Path(_native.__file__).parent
 NOT_BUILT = f"compiled pid init not in use: {_native.REASON}"
-
-
-@pytest.fixture
-def fresh_workers() -> Iterator[None]:
-    """Shut down the default Workers after the test (its threads joined)."""
-    yield
-    with workers._default_lock:
-        default, workers._default = workers._default, None
-    if default is not None:
-        default.shutdown(wait=True)
 
 
 @pytest.fixture(params=["native", "python"])
@@ -58,7 +48,7 @@ def init_argv(which: str, arg: str) -> list[str]:
         if _native.PIDINIT is None:
             pytest.skip(NOT_BUILT)
         return [_native.PIDINIT, arg]
-    return [_sys.python(), "-I", "-S", _pidinit._CHILD, arg]
+    return [_sys.python(), "-I", "-S", _sys.child_program("_pidinit_child.py"), arg]
 
 
 def children_of(pid: int) -> list[int]:
@@ -93,6 +83,9 @@ def is_init_program(pid: int, which: str) -> bool:
 
 
 # --- the pid init ---------------------------------------------------------
+
+
+__all__ = ["fresh_workers"]  # a fixture of this module's tests
 
 
 def test_a_process_in_the_set_is_pid_2_or_more(fresh_workers: None, init: str) -> None:

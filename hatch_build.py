@@ -9,10 +9,10 @@ nspool is pure Python; this hook adds two optional artifacts to the
   extension module (``nspool/_native_src/hop.c``), when this Python has its
   headers (``Python.h``).
 
-It runs for wheels and for editable installs (``pip install -e .``), and
-builds into the source tree's ``nspool/`` directory (ignored by git), where
-an editable install imports the package from; a wheel gets the artifacts
-added. With no compiler, or a build that fails, the install still succeeds:
+It runs for wheels and for editable installs (``pip install -e .``). An
+editable install builds into the source tree's ``nspool/`` directory (ignored
+by git), which it imports the package from; a wheel builds in a scratch
+directory and gets the artifacts added, leaving the source tree alone. With no compiler, or a build that fails, the install still succeeds:
 a warning, and nothing built (``nspool._native`` then picks the pure-Python
 fallback). ``NSPOOL_BUILD_NATIVE=0`` skips the build. Each build writes
 ``nspool/_native_build.txt``: one line per artifact, what became of it, which
@@ -57,8 +57,17 @@ class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
 
     PLUGIN_NAME = "custom"
 
+    _scratch: str | None = None
+
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
-        package = os.path.join(self.root, "nspool")
+        src = os.path.join(self.root, "nspool", SOURCES)
+        if version == "editable":
+            # The editable install imports the source tree's package.
+            package = os.path.join(self.root, "nspool")
+        else:
+            # A wheel takes the artifacts from a scratch directory: its build
+            # leaves the source tree (and an editable install of it) alone.
+            package = self._scratch = tempfile.mkdtemp(prefix="nspool-native-")
         ext_name = EXT_STEM + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
         targets = {
             PIDINIT: os.path.join(package, PIDINIT),
@@ -74,7 +83,6 @@ class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         elif (cc := compiler()) is None:
             lines = [f"{name}: not built (no C compiler found)" for name in targets]
         else:
-            src = os.path.join(package, SOURCES)
             lines.append(
                 self._build(
                     PIDINIT,
@@ -132,3 +140,8 @@ class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             "nspool will use its pure-Python fallback"
         )
         return f"{name}: not built (build failed: {error})"
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None

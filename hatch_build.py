@@ -12,11 +12,12 @@ nspool is pure Python; this hook adds two optional artifacts to the
 It runs for wheels and for editable installs (``pip install -e .``). An
 editable install builds into the source tree's ``nspool/`` directory (ignored
 by git), which it imports the package from; a wheel builds in a scratch
-directory and gets the artifacts added, leaving the source tree alone. With no compiler, or a build that fails, the install still succeeds:
-a warning, and nothing built (``nspool._native`` then picks the pure-Python
-fallback). ``NSPOOL_BUILD_NATIVE=0`` skips the build. Each build writes
-``nspool/_native_build.txt``: one line per artifact, what became of it, which
-``nspool doctor`` shows.
+directory and gets the artifacts added, leaving the source tree alone. With
+no compiler, or a build that fails, the install still succeeds: a warning,
+and nothing built (``nspool._native`` then picks the pure-Python fallback).
+``NSPOOL_BUILD_NATIVE=0`` skips the build. Each build writes
+``nspool/_native_build.txt``: one line per artifact, what became of it,
+which ``nspool doctor`` shows.
 """
 
 from __future__ import annotations

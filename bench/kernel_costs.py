@@ -16,7 +16,14 @@ netns cleanup, other load) falls on both alike:
 (c) joining net, uts and ipc of a child process and going back: one pidfd
     ``setns`` each way vs one ``setns`` per kind each way (raw ctypes both);
 (d) a thread round trip of a no-op: a dedicated thread fed by
-    ``queue.SimpleQueue`` vs ``ThreadPoolExecutor.submit(...).result()``.
+    ``queue.SimpleQueue`` vs ``ThreadPoolExecutor.submit(...).result()``;
+(e) the kernel memory of a live netns;
+(f) creating a set with a new pid namespace, whose init is the compiled
+    helper's or a Python interpreter, against a netns: until the init waits
+    on its stdin (``NamespaceSet.unshare`` returns before that), and with a
+    private ``/proc`` (pid+mnt: ``unshare`` waits for the init's mount); and
+    each init's RSS (``VmRSS``). The compiled rows are left out where it was
+    not built (``nspool._native.REASON``).
 
 Prints a table of medians and ratios and writes JSON to
 ``bench/results/kernel_costs.json``. Needs root. Every namespace, thread and
@@ -34,6 +41,7 @@ import dataclasses
 import os
 import queue
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -42,7 +50,7 @@ from typing import TypeVar
 
 from rich.console import Console
 
-from nspool import Kind, NamespaceSet, _sys
+from nspool import Kind, NamespaceSet, _native, _sys
 from nspool._measure import settle
 from nspool.net import loopback_up
 
@@ -89,6 +97,7 @@ class Sizes:
     hop_ops: int  # per variant, for (d)
     settle_max: float  # seconds to wait for the CPUs to go quiet
     memory_sets: int  # netns held at once for (e)
+    init_ops: int  # per variant, for (f)
 
 
 QUICK = Sizes(
@@ -100,6 +109,7 @@ QUICK = Sizes(
     hop_ops=5000,
     settle_max=1.5,
     memory_sets=200,
+    init_ops=40,
 )
 FULL = Sizes(
     rounds=10,
@@ -110,6 +120,7 @@ FULL = Sizes(
     hop_ops=20000,
     settle_max=4.0,
     memory_sets=500,
+    init_ops=200,
 )
 
 
@@ -568,6 +579,104 @@ def bench_memory(sizes: Sizes, console: Console) -> list[Row]:
     ]
 
 
+# -- (f) a set with a new pid namespace: its init -----------------------------
+
+
+def _waiting_on_stdin(pid: int) -> bool:
+    """Whether the init ``pid`` has started up: it sleeps reading its stdin."""
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read().endswith("pipe_read")
+
+
+def _rss_kib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@contextlib.contextmanager
+def _init(path: str | None) -> Iterator[None]:
+    """Sets made inside get the init ``path`` (None: the Python one)."""
+    saved = _native.PIDINIT
+    _native.PIDINIT = path
+    try:
+        yield
+    finally:
+        _native.PIDINIT = saved
+
+
+def _make_until_up(
+    kinds: Kind, path: str | None, rss: list[float] | None = None
+) -> Callable[[int], list[float]]:
+    """Per op: ``NamespaceSet.unshare(kinds)`` until its init (if any) waits
+    on its stdin; the close is not timed. ``rss``: collect each init's RSS."""
+
+    def run(n: int) -> list[float]:
+        out: list[float] = []
+        with _init(path):
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                s = NamespaceSet.unshare(kinds, private_proc=Kind.MNT in kinds)
+                pid = s.init_pid
+                while pid is not None and not _waiting_on_stdin(pid):
+                    os.sched_yield()
+                out.append((time.perf_counter_ns() - t0) / 1e3)
+                if rss is not None and pid is not None:
+                    rss.append(_rss_kib(pid))
+                s.close()
+        return out
+
+    return run
+
+
+def bench_pid_init(sizes: Sizes, console: Console) -> list[Row]:
+    console.print("(f) a set with a new pid namespace: its init ...")
+    native = _native.PIDINIT
+    rss: dict[str, list[float]] = {"native": [], "python": []}
+    variants = {"netns": _make_until_up(Kind.NET, None)}
+    variants["python"] = _make_until_up(Kind.PID, None, rss["python"])
+    variants["python+proc"] = _make_until_up(Kind.PID | Kind.MNT, None)
+    if native is not None:
+        variants["native"] = _make_until_up(Kind.PID, native, rss["native"])
+        variants["native+proc"] = _make_until_up(Kind.PID | Kind.MNT, native)
+    samples = interleave(variants, sizes.init_ops, sizes.rounds)
+    netns = Row("f", "create netns (baseline for the pid sets)", "us", samples["netns"])
+    names = {
+        "python": "create pid set, Python init, until it is up",
+        "native": "create pid set, compiled init, until it is up",
+        "python+proc": "create pid+mnt set, private /proc, Python init",
+        "native+proc": "create pid+mnt set, private /proc, compiled init",
+    }
+    rows = [netns]
+    for key, name in names.items():
+        if key in samples:
+            extra: dict[str, float] = {}
+            if key.startswith("native"):
+                python = samples[key.replace("native", "python")]
+                extra["vs Python init"] = statistics.median(samples[key]) / statistics.median(
+                    python
+                )
+            rows.append(Row("f", name, "us", samples[key], baseline=netns.name, extra=extra))
+    python_rss = Row("f", "RSS of a pid set's init: Python", "KiB", rss["python"])
+    rows.append(python_rss)
+    if rss["native"]:
+        rows.append(
+            Row(
+                "f",
+                "RSS of a pid set's init: compiled",
+                "KiB",
+                rss["native"],
+                baseline=python_rss.name,
+                faster=True,
+            )
+        )
+    else:
+        console.print(f"(f) no compiled init: {_native.REASON}")
+    return rows
+
+
 # -- report ---------------------------------------------------------------------------
 
 
@@ -580,6 +689,8 @@ def measure(sizes: Sizes, console: Console) -> list[Row]:
     rows += bench_hop(sizes, console)
     settle(sizes.settle_max)
     rows += bench_memory(sizes, console)
+    settle(sizes.settle_max)
+    rows += bench_pid_init(sizes, console)
     return rows
 
 

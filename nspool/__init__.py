@@ -8,7 +8,8 @@ an earlier line, or earlier on its own line); ``tests/test_layers.py`` reads
 every import, lazy and ``TYPE_CHECKING`` ones included, and fails on one
 that points up. Child programs (``*_child``) import nothing of nspool.
 
-- primitives: ``errors``, ``kinds``, ``_sys``
+- primitives, and which path they take (compiled helper or pure Python):
+  ``errors``, ``kinds``, ``_sys``, ``_native``
 - a set's fds, a thread's own namespaces: ``_handle``, ``_thread_ns``
 - what a new set holds; the child programs: ``_options``, ``_creator_child``,
   ``_pidinit_child``, ``_userns_child``, ``_enter_child``

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-from . import _sys
+from . import _native, _sys
 from ._thread_ns import enter
 from .kinds import SETNS_ORDER, Kind
 from .nsset import NamespaceSet
@@ -49,7 +49,8 @@ OPTIONAL = {
     "rich": "the `cli` extra: demo and bench, doctor's tables",
     "trio": "the async API under Trio",
 }
-#: What doctor says of the compiled helper (there is none yet).
+#: What a report not probed says of the compiled helper (``probe`` says
+#: which path is in use, and why: :func:`helper`).
 HELPER = "not built / none"
 #: How long the rootless-mode child may take.
 ROOTLESS_TIMEOUT = 60.0
@@ -136,7 +137,7 @@ class DoctorReport:
     rootless: str = "no: not tried"
     #: Optional packages by name: their version, or ``"missing"``.
     optional: tuple[tuple[str, str], ...] = ()
-    #: The compiled helper.
+    #: The compiled helper: which path is in use, and why.
     helper: str = HELPER
 
     def row(self, kind: Kind) -> KindReport:
@@ -192,7 +193,19 @@ def probe() -> DoctorReport:
         backends=_sys.available_backends(),
         rootless=_check_rootless(),
         optional=tuple((name, _version(name)) for name in OPTIONAL),
+        helper=helper(),
     )
+
+
+def helper() -> str:
+    """Which path nspool takes (:mod:`nspool._native`): the compiled helper's
+    parts in use, or the pure-Python fallback, and why."""
+    parts = [name for name, used in (("pid init", _native.PIDINIT), ("hop", _native.EXT)) if used]
+    if _native.AVAILABLE:
+        return "in use (pid init, hop primitives)"
+    if not parts:
+        return f"pure Python ({_native.REASON})"
+    return f"partly in use ({', '.join(parts)}); pure Python for the rest ({_native.REASON})"
 
 
 def installed(name: str) -> bool:

@@ -1,7 +1,9 @@
 """The parent's side of a pid namespace's init: :class:`PidInit`.
 
-The init is the child program :mod:`nspool._pidinit_child`, a fresh
-interpreter started as ``python -I -S FILE PROC_FLAGS|-``: it reaps orphans
+The init is the compiled helper's small init (:data:`nspool._native.PIDINIT`,
+a few hundred kilobytes of memory) when it was built, else the child program
+:mod:`nspool._pidinit_child`, a fresh interpreter started as ``python -I -S
+FILE PROC_FLAGS|-``. Both take the same argument and behave alike: it reaps orphans
 reparented to it, and exits when its stdin closes, i.e. when the set
 releases it or this process dies. Its exit makes the kernel kill everything
 else in the namespace. With ``PROC_FLAGS`` it first mounts ``/proc`` for its
@@ -19,7 +21,7 @@ import errno
 import subprocess
 import threading
 
-from . import _sys
+from . import _native, _sys
 from ._options import PROC_FLAGS
 from .errors import from_errno
 from .kinds import Kind
@@ -88,8 +90,14 @@ class PidInit:
         ``mount_proc``: the init mounts a ``/proc`` of its pid namespace on
         ``/proc`` (the calling thread must be in a new mount namespace),
         and this waits until it has.
+
+        The init is the compiled one if :mod:`nspool._native` found it
+        (read at each start, so tests can force either), else the Python one.
         """
-        argv = [_sys.python(), "-I", "-S", _CHILD, str(PROC_FLAGS) if mount_proc else "-"]
+        arg = str(PROC_FLAGS) if mount_proc else "-"
+        argv = (
+            [_native.PIDINIT, arg] if _native.PIDINIT else [_sys.python(), "-I", "-S", _CHILD, arg]
+        )
         try:
             process = subprocess.Popen(
                 argv,

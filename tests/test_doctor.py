@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from nspool import Kind, _sys, cli
+from nspool import Kind, _doctor, _native, _sys, cli
 
 from .test_cli import table_rows
 
@@ -98,7 +98,25 @@ def check_common(output: str, backend: str) -> None:
     optional = line_starting(output, "optional: ")
     for name in cli.OPTIONAL:
         assert f"{name} " in optional, optional
-    assert optional.endswith("compiled helper: not built / none"), optional
+    assert optional.endswith(f"compiled helper: {_doctor.helper()}"), optional
+
+
+def test_doctor_says_which_path_is_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled helper in use, in part, or not (and why)."""
+    monkeypatch.setattr(_native, "AVAILABLE", True)
+    monkeypatch.setattr(_native, "EXT", True)
+    monkeypatch.setattr(_native, "PIDINIT", "/x/_native_pidinit")
+    assert _doctor.helper() == "in use (pid init, hop primitives)"
+    monkeypatch.setattr(_native, "AVAILABLE", False)
+    monkeypatch.setattr(_native, "EXT", False)
+    monkeypatch.setattr(_native, "REASON", "hop primitives: not built (no Python.h in /x)")
+    assert _doctor.helper() == (
+        "partly in use (pid init); pure Python for the rest "
+        "(hop primitives: not built (no Python.h in /x))"
+    )
+    monkeypatch.setattr(_native, "PIDINIT", None)
+    monkeypatch.setattr(_native, "REASON", "disabled by NSPOOL_NATIVE=0")
+    assert _doctor.helper() == "pure Python (disabled by NSPOOL_NATIVE=0)"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

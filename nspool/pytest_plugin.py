@@ -127,7 +127,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     workers = pyfuncitem.funcargs[WORKERS_FIXTURE]
     assert isinstance(pool, Pool)
     assert isinstance(workers, Workers)
-    names = pyfuncitem._fixtureinfo.argnames
+    # The test function's own arguments (the fixtures it asked for).
+    names = [n for n in inspect.signature(function).parameters if n in pyfuncitem.funcargs]
     kwargs: dict[str, Any] = {name: pyfuncitem.funcargs[name] for name in names}
     with pool.lease() as s:
         workers.run_sync(s, function, **kwargs)

@@ -35,6 +35,7 @@ __all__ = [
     "call_inline",
     "checked_after",
     "enter",
+    "link_names",
     "open_thread_ns",
     "same_file",
     "setns_for",
@@ -68,6 +69,7 @@ HOME_ORDER = tuple(reversed(SETNS_ORDER))
 HOME_CHECKED = tuple(k for k in HOME_ORDER if k in CHECKED)
 _LINK_NAMES: dict[Kind, bytes] = {k: os.fsencode(k.for_children_name) for k in CHECKED}
 _checked_for: dict[int, tuple[Kind, ...]] = {}
+_names_for: dict[tuple[Kind, ...], tuple[bytes, ...]] = {}
 
 
 def setns_for(keep_gil: bool) -> Callable[[int, int], None]:
@@ -84,6 +86,15 @@ def checked_after(kind_bits: int) -> tuple[Kind, ...]:
         mask = kind_bits | NOT_FORCED_BITS
         checked = _checked_for[kind_bits] = tuple(k for k in CHECKED if int(k) & mask)
     return checked
+
+
+def link_names(kinds: tuple[Kind, ...]) -> tuple[bytes, ...]:
+    """The link names of ``kinds`` in ``/proc/thread-self/ns`` (memoised),
+    as the compiled checks take them."""
+    names = _names_for.get(kinds)
+    if names is None:
+        names = _names_for[kinds] = tuple(_LINK_NAMES[k] for k in kinds)
+    return names
 
 
 def same_file(a: os.stat_result, b: os.stat_result | None) -> bool:

@@ -51,7 +51,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable
 
-from . import _sys
+from . import _native, _sys
 from ._handle import HasHandle, SetHandle
 from ._handoff import Call, Drain, Item, Stream
 from ._home import (
@@ -76,6 +76,7 @@ from ._thread_ns import (
     UNJOINABLE,
     ThreadLinks,
     checked_after,
+    link_names,
     thread,
 )
 from .errors import NamespaceError, UnsupportedKindError
@@ -121,6 +122,10 @@ class Worker:
         self.strayed = 0
         #: Whether its exit should let a fresh thread take queued calls.
         self.spent = False
+        #: Whether the checks after a call take the compiled helper's one
+        #: call (:func:`nspool._native.check_and_return`): only where it is
+        #: built and the syscalls keep the GIL, as it does.
+        self.quick = _native.EXT and self.home.keep_gil
 
     # -- the thread -----------------------------------------------------------
 
@@ -368,13 +373,17 @@ class Worker:
         home's namespaces for every other kind, forced back by one
         ``setns`` on the anchor. Without the anchor (or going home) every
         kind is read instead. Raises :class:`Stranded`."""
-        self._check_shared(kind_bits, "after the call")
         anchor = self.home.anchor_fd
+        others = FORCED_BITS & ~kind_bits
+        if self._can_be_quick(kind_bits, anchor) and self._quick_check(
+            checked_after(kind_bits), expected, anchor if others else -1, others
+        ):
+            return
+        self._check_shared(kind_bits, "after the call")
         if anchor < 0 or self.tunables.check_every_kind:
             self._check(CHECKED, expected, "after the call")
             return
         self._check(checked_after(kind_bits), expected, "after the call")
-        others = FORCED_BITS & ~kind_bits
         if others:
             try:
                 self.home.setns(anchor, others)
@@ -441,13 +450,22 @@ class Worker:
         one ``setns``, whatever the callable did to it. The tunable
         ``CHECK_EVERY_KIND`` reads every kind.
         """
-        self._check_shared(kind_bits, "after the call")
         home = self.home
+        anchor = home.anchor_fd
+        if (
+            self._can_be_quick(kind_bits, anchor)
+            and home.returnable
+            and self._quick_check(checked_after(kind_bits), expected, anchor, FORCED_BITS)
+        ):
+            here, home_ids = self.here, home.ids
+            for kind in FORCED:
+                here[kind] = home_ids[kind]
+            return
+        self._check_shared(kind_bits, "after the call")
         if not home.returnable:
             self._check(CHECKED, expected, "after the call")
             self.strayed = home.to_limbo(self.here)
             return
-        anchor = home.anchor_fd
         if anchor < 0 or self.tunables.check_every_kind:
             checked: Iterable[Kind] = CHECKED
         else:
@@ -476,6 +494,43 @@ class Worker:
         except OSError as exc:
             raise Stranded(f"cannot go home: {exc}") from exc
         self._went_home(entered)
+
+    def _can_be_quick(self, kind_bits: int, anchor: int) -> bool:
+        """Whether the checks after a call in a set of ``kind_bits`` can be
+        the compiled helper's one call: with the anchor, outside any mount
+        namespace (the thread shares the process's fs, compared by ``kcmp``)
+        and unless every kind is to be read."""
+        return (
+            self.quick
+            and anchor >= 0
+            and not kind_bits & MNT_BITS
+            and not self.own_fs
+            and not self.tunables.check_every_kind
+        )
+
+    def _quick_check(
+        self, kinds: tuple[Kind, ...], expected: dict[Kind, int], anchor: int, flags: int
+    ) -> bool:
+        """The thread shares the process's fd table and fs, its links of
+        ``kinds`` are ``expected``, and then (``anchor`` >= 0) it is forced
+        home in ``flags``, all in one call of the compiled helper. ``False``
+        if anything is wrong: the caller then runs the checks one by one,
+        which find the same fault and say what it is."""
+        links = self.links
+        assert links is not None
+        return (
+            _native.check_and_return(
+                self.home.pid,
+                self.tid,
+                True,
+                links.fd,
+                link_names(kinds),
+                tuple([expected[k] for k in kinds]),
+                anchor,
+                flags,
+            )
+            == _native.CHECK_OK
+        )
 
     def _after(self, item: Item) -> None:
         """The worker is home and healthy: mark it idle (or give it the next

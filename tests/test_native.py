@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from nspool import Kind, NamespaceSet, _native, _sys
+from nspool import Kind, NamespaceSet, Workers, _native, _sys, workers
 
 from .conftest import wait_until
 from .test_userns import fresh_workers, run
@@ -349,3 +349,33 @@ def test_both_paths_give_the_same_results() -> None:
     for before, options in cases:
         results = {w: check_on_a_thread(w, before, **options) for w in ("python", "native")}
         assert results["python"] == results["native"], (before, options, results)
+
+
+# -- the workers' checks after a call take the compiled helper's one call ---------------
+
+
+@pytest.mark.skipif(not _native.EXT, reason=f"not built: {_native.REASON}")
+def test_workers_check_through_the_compiled_helper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the helper built, a call in a netns is checked and sent home by
+    one check_and_return; a callable that moves the thread is still caught
+    (the helper says so, the checks one by one say what), and its thread is
+    never given another call."""
+
+    calls: list[int] = []
+    real = _native.check_and_return
+
+    def counting(*args: Any) -> int:
+        result: int = real(*args)
+        calls.append(result)
+        return result
+
+    monkeypatch.setattr(_native, "check_and_return", counting)
+    with Workers(max_workers=1) as w, NamespaceSet.unshare(Kind.NET) as s:
+        assert w.run_sync(s, os.readlink, "/proc/thread-self/ns/net") == f"net:[{s.id(Kind.NET)}]"
+        assert calls == [_native.CHECK_OK]
+        first = w.run_sync(s, threading.get_native_id)
+        w.run_sync(s, _sys.unshare, Kind.NET)  # the callable moves its thread
+        assert calls[-1] >= _native.CHECK_LINK_MOVED
+        assert w.stats().discarded == 1
+        assert w.run_sync(s, threading.get_native_id) != first
+        assert workers.CHECK_EVERY_KIND is False

@@ -19,7 +19,8 @@ that points up. Child programs (``*_child``) import nothing of nspool.
 - workers: ``_home``, ``_handoff``, ``_scheduler``, ``_worker``, ``workers``
 - awaiting from an event loop, sockets, processes: ``_wait``, ``_sockets``, ``_process``
 - the user's types: ``nsset``, ``net``
-- a pool's insides: ``_pool_state``, ``_pool_book``, ``_pool_creators``, ``_pool_closer``
+- a pool's insides: ``_pool_lease``, ``_pool_state``, ``_pool_book``, ``_pool_creators``,
+  ``_pool_closer``
 - the pool: ``pool``
 - commands and measurement: ``pytest_plugin``, ``_exec``, ``_measure``, ``_demo_request``, ``demo``,
   ``_doctor``, ``cli``, ``__main__``, ``__init__``

@@ -32,7 +32,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from . import _sys
-from ._handle import HasHandle, dup_fds, fork_error
+from ._handle import HasHandle, dup_fds, fork_error, pid_namespace_ended_error
 from ._wait import make_job, unwrap, wait_job
 from .kinds import SETNS_ORDER, Kind
 from .workers import default_workers
@@ -40,7 +40,9 @@ from .workers import default_workers
 __all__ = [
     "Command",
     "NamespaceProcess",
+    "OpenOptions",
     "ProcessOptions",
+    "RunOptions",
     "open_process_in",
     "run_process_in",
 ]
@@ -221,6 +223,26 @@ class ProcessOptions(TypedDict, total=False):
     umask: int
 
 
+class OpenOptions(ProcessOptions, total=False):
+    """The keyword options of :func:`open_process_in` (and
+    ``NamespaceSet.open_process``): the standard streams (each
+    ``subprocess.PIPE`` unless given) and :class:`ProcessOptions`."""
+
+    stdin: int | IO[Any] | None
+    stdout: int | IO[Any] | None
+    stderr: int | IO[Any] | None
+
+
+class RunOptions(OpenOptions, total=False):
+    """The keyword options of :func:`run_process_in` (and
+    ``NamespaceSet.run_process``): ``input``, ``check`` (default ``True``),
+    the standard streams (stdin default ``None``, stdout and stderr
+    ``subprocess.PIPE``) and :class:`ProcessOptions`."""
+
+    input: bytes | None
+    check: bool
+
+
 async def open_process_in(
     s: HasHandle,
     command: Command,
@@ -245,7 +267,13 @@ async def open_process_in(
     Cancellation: if cancelled while starting, a process that did start is
     killed and reaped. Use ``async with`` on the result so that a cancelled
     ``wait`` kills and reaps it too.
+
+    Raises :class:`~nspool.PidNamespaceEndedError` if the set's pid
+    namespace has ended (its init exited or was killed), before anything
+    starts, or when the fork fails with ``ENOMEM`` for that reason.
     """
+    if s.handle.pid_namespace_ended:
+        raise pid_namespace_ended_error(s)
     popen_options: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     if "env" in popen_options:
         popen_options["env"] = dict(popen_options["env"])

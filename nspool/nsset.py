@@ -30,18 +30,25 @@ import subprocess
 import types
 import warnings
 from collections.abc import Callable, Mapping
-from typing import IO, Any, ParamSpec, Protocol, TypeVar, Unpack
+from typing import ParamSpec, Protocol, TypeVar, Unpack
 
 import anyio.abc
 import sniffio
 
 from . import _open, _persist
 from ._create import create
-from ._handle import InitRef, SetHandle, fork_error, pid_namespace_ended_error
+from ._handle import InitRef, SetHandle
 from ._loopback import loopback_up
 from ._options import SetOptions, UnshareOptions
 from ._persist import NETNS_RUN_DIR
-from ._process import Command, NamespaceProcess, ProcessOptions, open_process_in, run_process_in
+from ._process import (
+    Command,
+    NamespaceProcess,
+    OpenOptions,
+    RunOptions,
+    open_process_in,
+    run_process_in,
+)
 from ._sockets import connect_tcp_in, create_tcp_listener_in, socket_in
 from ._thread_ns import call_inline, run_as_current, thread
 from ._wait import run_in
@@ -244,11 +251,6 @@ class NamespaceSet:
         set. ``False`` for a set without a pid namespace."""
         return self._handle.pid_namespace_ended
 
-    def _check_pid_namespace(self) -> None:
-        """Raise :class:`PidNamespaceEndedError` if :attr:`pid_namespace_ended`."""
-        if self.pid_namespace_ended:
-            raise pid_namespace_ended_error(self._handle)
-
     @property
     def init_pid(self) -> int | None:
         """The pid (as this process sees it) of the init this set keeps in its
@@ -373,53 +375,26 @@ class NamespaceSet:
         return await create_tcp_listener_in(self, local_host, local_port)
 
     async def run_process(
-        self,
-        command: Command,
-        *,
-        input: bytes | None = None,
-        stdin: int | IO[Any] | None = None,
-        stdout: int | IO[Any] | None = subprocess.PIPE,
-        stderr: int | IO[Any] | None = subprocess.PIPE,
-        check: bool = True,
-        **options: Unpack[ProcessOptions],
+        self, command: Command, **options: Unpack[RunOptions]
     ) -> subprocess.CompletedProcess[bytes]:
         """Run ``command`` inside this set (forked from a worker that entered
-        it) and return its output, as ``anyio.run_process`` does; see
-        :func:`nspool._process.run_process_in`.
+        it) and return its output, as ``anyio.run_process`` does, with its
+        options (:class:`~nspool._process.RunOptions`: ``input``,
+        ``stdin``, ``stdout``, ``stderr``, ``check``, ``cwd``, ``env``, ...);
+        see :func:`nspool._process.run_process_in`.
 
         Cancellation: the process is killed and reaped.
 
         Raises :class:`PidNamespaceEndedError` if the set's pid namespace
         has ended (its init was killed)."""
-        self._check_pid_namespace()
-        try:
-            return await run_process_in(
-                self,
-                command,
-                input=input,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                check=check,
-                **options,
-            )
-        except OSError as exc:
-            error = fork_error(self._handle, exc)
-            if error is exc:
-                raise
-            raise error from exc
+        return await run_process_in(self, command, **options)
 
     async def open_process(
-        self,
-        command: Command,
-        *,
-        stdin: int | IO[Any] | None = subprocess.PIPE,
-        stdout: int | IO[Any] | None = subprocess.PIPE,
-        stderr: int | IO[Any] | None = subprocess.PIPE,
-        **options: Unpack[ProcessOptions],
+        self, command: Command, **options: Unpack[OpenOptions]
     ) -> NamespaceProcess:
-        """Start ``command`` inside this set, as ``anyio.open_process`` does,
-        and return the process (use it with ``async with``); see
+        """Start ``command`` inside this set, as ``anyio.open_process`` does
+        (the standard streams are pipes unless given), and return the
+        process (use it with ``async with``); see
         :func:`nspool._process.open_process_in`.
 
         Cancellation: a process started by a cancelled call is killed and
@@ -427,16 +402,7 @@ class NamespaceSet:
 
         Raises :class:`PidNamespaceEndedError` if the set's pid namespace
         has ended (its init was killed)."""
-        self._check_pid_namespace()
-        try:
-            return await open_process_in(
-                self, command, stdin=stdin, stdout=stdout, stderr=stderr, **options
-            )
-        except OSError as exc:
-            error = fork_error(self._handle, exc)
-            if error is exc:
-                raise
-            raise error from exc
+        return await open_process_in(self, command, **options)
 
     # -- persistence -----------------------------------------------------------
 

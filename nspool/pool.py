@@ -45,8 +45,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import ParamSpec, TypeVar, Unpack
 
 import anyio
@@ -58,6 +57,7 @@ from ._pool_book import PoolBook
 from ._pool_closer import Closer, close_bound
 from ._pool_creators import PROCESS_BATCH as PROCESS_BATCH  # re-exported: read it here
 from ._pool_creators import Creators, PoolSide, cpu_set
+from ._pool_lease import Lease, PoolStats, check_callable, check_int
 from ._pool_state import Recycler, net_state
 from ._wait import make_job, unwrap, wait_job
 from .kinds import Kind, KindsArg
@@ -105,90 +105,6 @@ READY_POLL = 0.005
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """A snapshot of a pool. Latencies are of set creation (including the
-    after-create hook), in seconds, over the last :data:`LATENCY_WINDOW`."""
-
-    ready: int
-    leased: int
-    creating: int
-    created: int
-    discarded: int
-    recycled: int
-    hits: int
-    misses: int
-    failures: int
-    last_failure: str | None
-    create_p50: float | None
-    create_p99: float | None
-    #: Discarded sets waiting for the closer.
-    closing: int = 0
-    #: Creator processes lost (died, hung) and replaced.
-    creator_losses: int = 0
-
-
-class Lease:
-    """A set taken from a pool for the length of a ``with`` or ``async
-    with`` block (:meth:`Pool.lease`): ``take``/``give_back`` are the
-    pool's :meth:`~Pool.get`/:meth:`~Pool.put`, ``take_async`` and
-    ``give_back_async`` their versions that do not block an event loop."""
-
-    def __init__(
-        self,
-        timeout: float | None,
-        *,
-        take: Callable[[float | None], NamespaceSet],
-        give_back: Callable[[NamespaceSet], None],
-        take_async: Callable[[], Awaitable[NamespaceSet]],
-        give_back_async: Callable[[NamespaceSet], Awaitable[None]],
-    ) -> None:
-        self._timeout = timeout
-        self._take = take
-        self._give_back = give_back
-        self._take_async = take_async
-        self._give_back_async = give_back_async
-        self._set: NamespaceSet | None = None
-
-    def __enter__(self) -> NamespaceSet:
-        if self._set is not None:
-            raise RuntimeError("a Lease is entered once")
-        self._set = self._take(self._timeout)
-        return self._set
-
-    def __exit__(self, *exc_info: object) -> None:
-        s, self._set = self._set, None
-        if s is not None:
-            self._give_back(s)
-
-    async def __aenter__(self) -> NamespaceSet:
-        """Take a set without blocking the event loop (a miss is made on a
-        thread)."""
-        if self._set is not None:
-            raise RuntimeError("a Lease is entered once")
-        self._set = await self._take_async()
-        return self._set
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        s, self._set = self._set, None
-        if s is not None:
-            await self._give_back_async(s)
-
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {value!r}")
-    if value < low or (high is not None and value > high):
-        top = "" if high is None else f" and <= {high}"
-        raise ValueError(f"{name} must be >= {low}{top}, not {value}")
-    return value
-
-
-def _check_callable(name: str, value: object) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(f"{name} must be callable or None, not {value!r}")
 
 
 class Pool(PoolBook):
@@ -261,10 +177,10 @@ class Pool(PoolBook):
     ) -> None:
         kind = Kind.require(kinds, what="Pool")
         self._options = SetOptions.make(kind, **options)
-        _check_int("warm", warm, 0)
-        n_creators = _check_int("creators", creators, 1, MAX_CREATORS)
+        check_int("warm", warm, 0)
+        n_creators = check_int("creators", creators, 1, MAX_CREATORS)
         if max_sets is not None:
-            _check_int("max_sets", max_sets, 0)
+            check_int("max_sets", max_sets, 0)
             if max_sets < max(1, warm):
                 raise ValueError("max_sets must be at least warm (and at least 1)")
         super().__init__(
@@ -275,7 +191,7 @@ class Pool(PoolBook):
             latency_window=LATENCY_WINDOW,
         )
         for name, fn in (("after_create", after_create), ("recycle", recycle), ("verify", verify)):
-            _check_callable(name, fn)
+            check_callable(name, fn)
         if not isinstance(loopback, bool):
             raise TypeError(f"loopback must be a bool, not {loopback!r}")
         if creator_processes is not None and not isinstance(creator_processes, bool):

@@ -19,6 +19,7 @@ from nspool import (
     NamespaceNotFoundError,
     NamespaceSet,
     NotANamespaceError,
+    _handle,
     _persist,
     _sys,
     nsset,
@@ -317,7 +318,7 @@ def test_bad_options_are_refused_before_anything_is_made(
 def test_fork_error_translates_enomem_only_for_pid_sets() -> None:
     with NamespaceSet.unshare(Kind.NET) as s:
         plain = OSError(errno.ENOMEM, "Cannot allocate memory")
-        assert nsset.fork_error(s, plain) is plain
+        assert _handle.fork_error(s, plain) is plain
         assert not s.pid_namespace_ended
 
 

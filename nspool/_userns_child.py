@@ -77,6 +77,9 @@ def _check(rc: int, syscall: str, detail: int | str) -> None:
 
 
 def _helper(cfg: "dict[str, Any]") -> int:
+    # The init's code is loaded first, while this file's directory is still
+    # in view: a private /tmp mounted below hides it if nspool lives there.
+    be_init = _init_code() if cfg["pid"] else None
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = (ctypes.c_char_p,) * 3 + (ctypes.c_ulong, ctypes.c_char_p)
     for fd, nstype in cfg["join"]:
@@ -109,8 +112,7 @@ def _helper(cfg: "dict[str, Any]") -> int:
             except OSError as exc:
                 _fail(exc.errno or 5, "write", f"{cfg['time']} /proc/self/timens_offsets")
     init = 0
-    if cfg["pid"]:
-        be_init = _init_code()
+    if be_init is not None:
         _check(libc.unshare(cfg["pid"]), "unshare", cfg["pid"])
         life_r, life_w = os.pipe()
         ready_r, ready_w = os.pipe()

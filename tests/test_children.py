@@ -16,6 +16,7 @@ import ast
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,3 +223,30 @@ def test_a_stopped_helper_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     error = _unshare_bounded(Kind.USER | Kind.NET | Kind.PID)
     assert len(stopped) == 1
     _assert_timed_out(error, "making the namespaces", stopped[0])
+
+
+def test_user_set_with_private_tmp_when_nspool_lives_under_tmp(tmp_path: Path) -> None:
+    """Regression: the user-namespace helper loaded the pid init's code
+    after mounting the private /tmp, which hides the package when it lives
+    under /tmp (a checkout or venv there): the helper died with no answer.
+    A copy of the package under tmp_path (in /tmp) makes such a set."""
+    copy = tmp_path / "tree"
+    shutil.copytree(PACKAGE, copy / "nspool", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    script = (
+        "from nspool import Kind, NamespaceSet\n"
+        "kinds = Kind.USER | Kind.PID | Kind.MNT\n"
+        "with NamespaceSet.unshare(kinds, private_tmp=True, private_proc=True) as s:\n"
+        "    assert s.init_pid\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(copy), "NSPOOL_NATIVE": "0"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable
 
 from . import _native, _sys
 from ._handle import HasHandle, SetHandle
-from ._handoff import Call, Drain, Item, Stream
+from ._handoff import Call, Drain, Item, Job, Stream
 from ._home import (
     FilesLost,
     Spent,
@@ -126,6 +126,8 @@ class Worker:
         #: call (:func:`nspool._native.check_and_return`): only where it is
         #: built and the syscalls keep the GIL, as it does.
         self.quick = _native.EXT and self.home.keep_gil
+        #: A stream's job whose outcome waits until the thread is retired.
+        self.undelivered: Job | None = None
 
     # -- the thread -----------------------------------------------------------
 
@@ -361,7 +363,9 @@ class Worker:
                 self._between_jobs(bits, expected)
             except Stranded:
                 busy.discard(self)
-                job.on_done(job)
+                # Delivered once the thread is counted discarded (_retire),
+                # so that a waiter woken by it sees the discard in stats().
+                self.undelivered = job
                 core.drainer_lost(stream)
                 raise
             busy.discard(self)
@@ -558,5 +562,8 @@ class Worker:
         core = self.core_ref()
         if core is not None:
             core.forget(self, discarded=discarded, spent=spent)
+        job, self.undelivered = self.undelivered, None
+        if job is not None:
+            job.on_done(job)
         if item is not None:
             item.deliver()

@@ -137,6 +137,7 @@ ROOTLESS_POOL = """
             return got
 
         results += anyio.run(awaited)
+        pool.wait_ready(timeout=20)  # the last takes refilled: warm sets ready
         out["peers_while_open"] = len(witness.run_sync(witness_peers))
         out["stats"] = str(pool.stats())
     out["results"] = results

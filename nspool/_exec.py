@@ -33,6 +33,8 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
+import anyio
+
 from .errors import NamespaceError
 from .kinds import SETNS_ORDER, Kind
 from .nsset import NamespaceSet
@@ -213,8 +215,6 @@ def run(s: NamespaceSet, command: Sequence[str]) -> int:
 def _run_async(
     s: NamespaceSet, command: Sequence[str], attach: Callable[[Callable[[int], None]], None]
 ) -> int:
-    import anyio
-
     async def main() -> int:
         async with await s.open_process(
             # Looked up once joined (user namespaces cannot be entered by a worker).

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
+from . import _exec
 from ._doctor import OPTIONAL, YES, DoctorReport, KindReport, doctor, installed, probe, render
 
 __all__ = [
@@ -137,8 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
         "file or a pid for each kind) or fresh ones; CMD inherits stdio, gets the signals "
         "sent to nspool, and its exit status is nspool's (128+N if signal N killed it).",
     )
-    from . import _exec
-
     _exec.add_arguments(exec_parser)
     exec_parser.set_defaults(handler=exec_command, rich=RICH_UNUSED)
     return parser
@@ -146,8 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def exec_command(args: argparse.Namespace, console: Console | None) -> int:
     """``nspool exec``: see :mod:`nspool._exec`."""
-    from . import _exec
-
     return _exec.exec_main(args)
 
 

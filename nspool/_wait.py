@@ -24,7 +24,7 @@ cancel scope, ``fail_after``, ``Task.cancel()``) takes effect at once. Then
 
 Why that holds: a cancellation can race the worker taking the job, and the
 worker finishing it. Each race is settled by a token that both sides try to
-take (:meth:`Job.take`, and the *finish* token here, or a call's future):
+take (:meth:`Job.seize`, and the *finish* token here, or a call's future):
 ``dict.pop`` is one atomic operation, with or without the GIL, so exactly
 one side gets it and neither ever waits for the other.
 """
@@ -294,10 +294,5 @@ async def run_in(
     """
     job = Job(fn, args, kwargs, _not_waited)
     await wait_job(workers if workers is not None else default_workers(), s, job)
-    if job.error is not None:
-        unwrap(job)  # raises
-    # The result without unwrap's calls: with 2,000 calls gathered the loop
-    # thread is the bottleneck, and each call of it counts (bench/aio.py).
-    result: _T = job.result
-    job.result = None
+    result: _T = unwrap(job)
     return result

@@ -90,13 +90,7 @@ class Job(Task):
         kwargs: dict[str, Any],
         on_done: Callable[[Job], None],
     ) -> None:
-        # Not through Task.__init__: this is every awaited call's path.
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.context = contextvars.copy_context()
-        self.result = None
-        self.error = None
+        Task.__init__(self, fn, args, kwargs)
         self.on_done = on_done
         self.cancelled = False
         #: The claim token (see :meth:`seize`).
@@ -127,13 +121,7 @@ class Call(Task):
         kwargs: dict[str, Any],
         future: Future[Any] | None,
     ) -> None:
-        # Not through Task.__init__: this is every call's path.
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.context = contextvars.copy_context()
-        self.result = None
-        self.error = None
+        Task.__init__(self, fn, args, kwargs)
         self.nsset = nsset
         self.future = future
         self.waiter: threading.Lock | None = None

@@ -155,10 +155,7 @@ def _run_claimed(job: Job) -> None:
     """A job handed off as a call of its own, on the worker: it runs only
     if the worker takes its claim before a cancelled waiter does."""
     if job.seize():
-        try:
-            job.result = job.context.run(job.fn, *job.args, **job.kwargs)
-        except BaseException as exc:
-            job.error = exc
+        job.run()
 
 
 def _hand_off_failed(job: Job, future: Future[None]) -> None:

@@ -26,7 +26,7 @@ from ._userns import make_in_helper
 from .errors import UnsupportedKindError, outcome
 from .kinds import Kind
 
-__all__ = ["NEW_MOUNT_PROPAGATION", "create", "make_namespaces", "on_helper_thread"]
+__all__ = ["NEW_MOUNT_PROPAGATION", "NO_OPTIONS", "create", "make_namespaces", "on_helper_thread"]
 
 _T = TypeVar("_T")
 
@@ -34,6 +34,7 @@ _T = TypeVar("_T")
 #: does by default: nothing mounted inside reaches the host or back.
 NEW_MOUNT_PROPAGATION = _sys.MS_REC | _sys.MS_PRIVATE
 
+#: A new set with no options.
 NO_OPTIONS = SetOptions()
 
 

@@ -36,7 +36,7 @@ import anyio.abc
 import sniffio
 
 from . import _open, _persist
-from ._create import create
+from ._create import NO_OPTIONS, create
 from ._handle import InitRef, SetHandle
 from ._loopback import loopback_up
 from ._options import SetOptions, UnshareOptions
@@ -69,8 +69,6 @@ __all__ = ["INLINE_KINDS", "NETNS_RUN_DIR", "NamespaceSet", "current"]
 #: time (they move only children; time cannot be joined by a threaded
 #: process), nor user (cannot be joined by a threaded process).
 INLINE_KINDS = Kind.NET | Kind.UTS | Kind.IPC | Kind.CGROUP
-
-_NO_OPTIONS = SetOptions()
 
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound="NamespaceSet")
@@ -550,7 +548,7 @@ def create_set(
     base: NamespaceSet | None,
     hook: Callable[[_S], object] | None = None,
     *,
-    options: SetOptions = _NO_OPTIONS,
+    options: SetOptions = NO_OPTIONS,
 ) -> _S:
     """Make the set on a throwaway helper thread (or in a helper process
     if it holds a user namespace); ``hook(set)`` runs on that thread

@@ -122,10 +122,11 @@ class Worker:
         self.strayed = 0
         #: Whether its exit should let a fresh thread take queued calls.
         self.spent = False
-        #: Whether the checks after a call take the compiled helper's one
-        #: call (:func:`nspool._native.check_and_return`): only where it is
-        #: built and the syscalls keep the GIL, as it does.
-        self.quick = _native.EXT and self.home.keep_gil
+        #: Whether the checks after a call are one call of
+        #: :func:`nspool._native.check_and_return` (compiled where it is
+        #: built, else its Python twin): only where the syscalls keep the
+        #: GIL, as that call does.
+        self.quick = self.home.keep_gil
         #: A stream's job whose outcome waits until the thread is retired.
         self.undelivered: Job | None = None
 
@@ -501,9 +502,9 @@ class Worker:
 
     def _can_be_quick(self, kind_bits: int, anchor: int) -> bool:
         """Whether the checks after a call in a set of ``kind_bits`` can be
-        the compiled helper's one call: with the anchor, outside any mount
-        namespace (the thread shares the process's fs, compared by ``kcmp``)
-        and unless every kind is to be read."""
+        one call of :func:`nspool._native.check_and_return`: with the
+        anchor, outside any mount namespace (the thread shares the process's
+        fs, compared by ``kcmp``) and unless every kind is to be read."""
         return (
             self.quick
             and anchor >= 0
@@ -517,7 +518,7 @@ class Worker:
     ) -> bool:
         """The thread shares the process's fd table and fs, its links of
         ``kinds`` are ``expected``, and then (``anchor`` >= 0) it is forced
-        home in ``flags``, all in one call of the compiled helper. ``False``
+        home in ``flags``, all in one call (compiled, or its Python twin). ``False``
         if anything is wrong: the caller then runs the checks one by one,
         which find the same fault and say what it is."""
         links = self.links

@@ -32,7 +32,6 @@ from ._thread_ns import call_inline
 from ._wait import run_in
 from .errors import KindError, UnsupportedKindError, from_errno
 from .kinds import Kind
-from .workers import default_workers
 
 __all__ = [
     "call_in_netns",
@@ -46,7 +45,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def socket_in(
+async def socket_in(
     s: HasHandle,
     family: int = socket.AF_INET,
     type: int = socket.SOCK_STREAM,
@@ -55,7 +54,8 @@ def socket_in(
     """A non-blocking socket that lives in ``s``'s netns, made on the
     calling thread (a ``setns`` into the netns and back: microseconds, no
     thread hop). Usable from the event loop like any socket. In rootless
-    mode, where the calling thread could not come back, a worker makes it."""
+    mode, where the calling thread could not come back, a worker makes it
+    and the loop awaits it (a thread hop, without blocking the loop)."""
     try:
         sock = call_in_netns(s, socket.socket, family, type, proto)
     except UnsupportedKindError as exc:
@@ -63,7 +63,7 @@ def socket_in(
             raise
         # The calling thread could not come back (rootless mode): a worker,
         # which never has to, makes the socket instead (a thread hop).
-        sock = default_workers().run_sync(s, socket.socket, family, type, proto)
+        sock = await run_in(None, s, socket.socket, family, type, proto)
     sock.setblocking(False)
     return sock
 
@@ -100,7 +100,7 @@ async def connect_tcp_in(s: HasHandle, host: str, port: int) -> anyio.abc.Socket
     infos = await resolve_in(s, host, port, type=socket.SOCK_STREAM)
     error: OSError | None = None
     for family, type_, proto, _name, address in infos:
-        sock = socket_in(s, family, type_, proto)
+        sock = await socket_in(s, family, type_, proto)
         try:
             try:
                 sock.connect(address)
@@ -150,7 +150,7 @@ async def create_tcp_listener_in(
         s, local_host, local_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
     family, type_, proto, _name, address = infos[0]
-    sock = socket_in(s, family, type_, proto)
+    sock = await socket_in(s, family, type_, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:

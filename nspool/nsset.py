@@ -356,7 +356,7 @@ class NamespaceSet:
     async def socket(self, family: int = 2, type: int = 1, proto: int = 0) -> _socket.socket:
         """A non-blocking socket that lives in this set's netns (default
         ``AF_INET``, ``SOCK_STREAM``); see :func:`nspool._sockets.socket_in`."""
-        return socket_in(self, family, type, proto)
+        return await socket_in(self, family, type, proto)
 
     async def connect_tcp(self, host: str, port: int) -> anyio.abc.SocketStream:
         """An anyio stream connected from this set's netns, the name resolved

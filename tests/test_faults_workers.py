@@ -274,8 +274,16 @@ _ROOTLESS_SOCKETS = textwrap.dedent(
                 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
                 with socket.socket() as probe:
                     return cookie(probe)
-            inside = s.run_sync(up_and_cookie)
-            sock = await s.socket()
+            inside = await s.run(up_and_cookie)
+            # Made on a worker and awaited: the loop runs other tasks
+            # meanwhile (it used to block on the worker).
+            others = []
+            async def other():
+                others.append(1)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(other)
+                sock = await s.socket()
+                assert others, "s.socket() blocked the event loop"
             with sock:
                 assert cookie(sock) == inside
             listener = await s.create_tcp_listener("127.0.0.1")
@@ -293,7 +301,8 @@ _ROOTLESS_SOCKETS = textwrap.dedent(
 def test_rootless_sockets_are_made_on_a_worker() -> None:
     """In rootless mode s.socket(), s.create_tcp_listener() and
     s.connect_tcp() work (the socket is made on a worker) instead of
-    raising UnsupportedKindError."""
+    raising UnsupportedKindError, and the loop is not blocked meanwhile
+    (regression: the worker's call was a blocking run_sync)."""
     proc = subprocess.run(
         [sys.executable, "-c", _ROOTLESS_SOCKETS],
         capture_output=True,

@@ -16,14 +16,13 @@ once per executor (:func:`setns_for`, :class:`ThreadLinks`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import ParamSpec, TypeVar
 
-from . import _sys
+from . import _native, _sys
 from ._handle import HasHandle, close_fds
 from .errors import UnsupportedKindError
 from .kinds import NO_KINDS, SETNS_ORDER, Kind
@@ -231,24 +230,22 @@ class ThreadLinks:
     """Reads the calling thread's namespace links, for the checks after a
     call. Made on the thread it reads: the directory fd is opened once and
     keeps naming that thread even inside a mount namespace whose ``/proc``
-    shows other pids. ``keep_gil``: read through the GIL-holding
-    ``readlinkat`` (see :func:`setns_for`) or ``os.readlink``."""
+    shows other pids. ``keep_gil``: read through
+    :func:`nspool._native.read_inodes` (compiled, or its GIL-holding Python
+    twin; see :func:`setns_for`) or ``os.readlink``."""
 
     def __init__(self, *, keep_gil: bool = True) -> None:
         self.keep_gil = keep_gil
         self.fd = os.open(THREAD_NS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.stat = os.fstat(self.fd)
-        self.buf = ctypes.create_string_buffer(64)
 
     def read(self, kinds: Iterable[Kind]) -> dict[Kind, int]:
         """The inode of each kind's link; ``OSError`` if it cannot be read."""
-        links: dict[Kind, int] = {}
         fd = self.fd
         if self.keep_gil:
-            buf = self.buf
-            for kind in kinds:
-                links[kind] = _sys.ns_inode_at(fd, _LINK_NAMES[kind], buf)
-            return links
+            order = tuple(kinds)
+            return dict(zip(order, _native.read_inodes(fd, link_names(order)), strict=True))
+        links: dict[Kind, int] = {}
         for kind in kinds:
             link = os.readlink(kind.for_children_name, dir_fd=fd)
             links[kind] = int(link[link.index("[") + 1 : -1])

@@ -36,6 +36,7 @@ __all__ = [
     "enter",
     "link_names",
     "open_thread_ns",
+    "quick_checked_after",
     "same_file",
     "setns_for",
     "thread",
@@ -68,6 +69,7 @@ HOME_ORDER = tuple(reversed(SETNS_ORDER))
 HOME_CHECKED = tuple(k for k in HOME_ORDER if k in CHECKED)
 _LINK_NAMES: dict[Kind, bytes] = {k: os.fsencode(k.for_children_name) for k in CHECKED}
 _checked_for: dict[int, tuple[Kind, ...]] = {}
+_quick_checked_for: dict[int, tuple[Kind, ...]] = {}
 _names_for: dict[tuple[Kind, ...], tuple[bytes, ...]] = {}
 
 
@@ -84,6 +86,22 @@ def checked_after(kind_bits: int) -> tuple[Kind, ...]:
     if checked is None:
         mask = kind_bits | NOT_FORCED_BITS
         checked = _checked_for[kind_bits] = tuple(k for k in CHECKED if int(k) & mask)
+    return checked
+
+
+def quick_checked_after(kind_bits: int) -> tuple[Kind, ...]:
+    """The kinds read after a call in a set of ``kind_bits`` that holds no
+    mount namespace, when the same checks compare the thread's fs with the
+    process's by ``kcmp`` (memoised): as :func:`checked_after`, without mnt.
+    A thread that shares its fs cannot have left its mount namespace:
+    ``setns`` into one refuses a shared fs (``EINVAL``) and
+    ``unshare(CLONE_NEWNS)`` unshares the fs first, so the fs comparison
+    catches what the mnt link would."""
+    checked = _quick_checked_for.get(kind_bits)
+    if checked is None:
+        checked = _quick_checked_for[kind_bits] = tuple(
+            k for k in checked_after(kind_bits) if k is not Kind.MNT
+        )
     return checked
 
 

@@ -77,6 +77,7 @@ from ._thread_ns import (
     ThreadLinks,
     checked_after,
     link_names,
+    quick_checked_after,
     thread,
 )
 from .errors import NamespaceError, UnsupportedKindError
@@ -381,7 +382,7 @@ class Worker:
         anchor = self.home.anchor_fd
         others = FORCED_BITS & ~kind_bits
         if self._can_be_quick(kind_bits, anchor) and self._quick_check(
-            checked_after(kind_bits), expected, anchor if others else -1, others
+            quick_checked_after(kind_bits), expected, anchor if others else -1, others
         ):
             return
         self._check_shared(kind_bits, "after the call")
@@ -460,7 +461,7 @@ class Worker:
         if (
             self._can_be_quick(kind_bits, anchor)
             and home.returnable
-            and self._quick_check(checked_after(kind_bits), expected, anchor, FORCED_BITS)
+            and self._quick_check(quick_checked_after(kind_bits), expected, anchor, FORCED_BITS)
         ):
             here, home_ids = self.here, home.ids
             for kind in FORCED:

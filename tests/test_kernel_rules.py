@@ -241,6 +241,33 @@ def test_setns_mnt_needs_unshare_fs_first() -> None:
         assert after == want
 
 
+def test_a_thread_sharing_its_fs_cannot_leave_its_mount_ns() -> None:
+    """Rule: a thread that shares its fs with the process is in the process's
+    mount ns: unshare(CLONE_NEWNS) unshares the fs too (kcmp KCMP_FS then
+    differs), and setns into a mount ns refuses a shared fs (EINVAL). So
+    after a call outside any mount ns, the fs comparison stands in for
+    reading the mnt link."""
+    pid = os.getpid()
+    home_mnt = thread_ns("mnt")
+
+    def work() -> tuple[int, int, str, int, str]:
+        tid = threading.get_native_id()
+        before = _sys.kcmp(pid, tid, _sys.KCMP_FS)
+        with NamespaceSet.unshare(Kind.MNT) as s:
+            fd = s.fds(Kind.MNT)[Kind.MNT]
+            refused = errno_of(lambda: _sys.setns(fd, Kind.MNT))
+        still = thread_ns("mnt")
+        _sys.unshare(Kind.MNT)
+        return before, refused, still, _sys.kcmp(pid, tid, _sys.KCMP_FS), thread_ns("mnt")
+
+    before, refused, still, after, moved = on_thread(work)
+    assert before == 0, "a new thread shares the process's fs"
+    assert refused == errno.EINVAL
+    assert still == home_mnt
+    assert moved != home_mnt
+    assert after != 0, "unshare(CLONE_NEWNS) left the fs shared"
+
+
 # -- pid and time namespaces -----------------------------------------------------------
 
 

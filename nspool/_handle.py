@@ -18,7 +18,7 @@ import contextlib
 import errno
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from .errors import NamespaceError, PidNamespaceEndedError, SetClosedError, from_errno
@@ -105,6 +105,7 @@ class SetHandle:
         "_lock",
         "_released",
         "_users",
+        "_watchers",
         "bits",
         "closed",
         "fds",
@@ -129,6 +130,7 @@ class SetHandle:
         self._users = 0
         self._released = False
         self._ids: dict[Kind, int] | None = None
+        self._watchers: dict[object, Callable[[SetHandle], None]] = {}
 
     @property
     def handle(self) -> SetHandle:
@@ -198,17 +200,32 @@ class SetHandle:
             self.pid_ended = True
         return self.pid_ended
 
+    def watch(self, key: object, on_close: Callable[[SetHandle], None]) -> bool:
+        """Have ``on_close(handle)`` called once when the handle is closed,
+        on the closing thread, after the fds are released or handed to their
+        last user (one callback per ``key``; a later one replaces it).
+        ``False``, and nothing registered, if it is closed already."""
+        with self._lock:
+            if self.closed:
+                return False
+            self._watchers[key] = on_close
+            return True
+
     def close(self) -> None:
-        """Close the fds once no thread is using them, and drop the init
-        reference. Idempotent; safe from any thread."""
+        """Close the fds once no thread is using them, drop the init
+        reference, then call what :meth:`watch` registered. Idempotent;
+        safe from any thread."""
         with self._lock:
             if self.closed:
                 return
             self.closed = True
             release = not self._users
             self._released = release
+            watchers, self._watchers = self._watchers, {}
         if release:
             self._release()
+        for on_close in watchers.values():
+            on_close(self)
 
     def _release(self) -> None:
         fds, self.fds = self.fds, {}

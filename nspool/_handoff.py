@@ -1,9 +1,10 @@
 """The hand-off model: what a submitter gives a worker thread.
 
-A worker takes an :data:`Item`: either a :class:`Call` (one callable, its
-outcome delivered to a ``Future`` or to a blocked caller's lock) or a
+A worker takes an :data:`Item`: a :class:`Call` (one callable, its
+outcome delivered to a ``Future`` or to a blocked caller's lock), a
 :class:`Drain` (run the :class:`Stream` of :class:`Job` objects waiting for
-one set, one after another, until none is left). A :class:`Call` and a
+one set, one after another, until none is left) or a :class:`Leave` (go
+home from the closed set it stayed in). A :class:`Call` and a
 :class:`Job` are both a :class:`Task`: a callable in a copy of the
 submitter's ``contextvars`` and its outcome, which :func:`outcome` unwraps.
 How items reach workers is ``nspool._scheduler``'s.
@@ -33,7 +34,7 @@ from typing import Any, TypeAlias, TypeVar
 from ._handle import HasHandle
 from .errors import outcome
 
-__all__ = ["Call", "Drain", "Item", "Job", "Stream", "Task", "outcome"]
+__all__ = ["Call", "Drain", "Item", "Job", "Leave", "Stream", "Task", "outcome"]
 
 _T = TypeVar("_T")
 
@@ -192,5 +193,25 @@ class Drain:
         """Nothing to deliver: each job was handed over as it finished."""
 
 
+class Leave:
+    """A worker's item that sends it home from the set it stayed in after
+    its last call (the set was closed); :attr:`done` is set once it is."""
+
+    __slots__ = ("done", "nsset")
+
+    def __init__(self) -> None:
+        self.nsset: HasHandle | None = None
+        self.done = threading.Event()
+
+    def start(self) -> bool:
+        return True
+
+    def fail(self, error: BaseException) -> None:
+        """Nobody waits for an outcome: only for :attr:`done`."""
+
+    def deliver(self) -> None:
+        self.done.set()
+
+
 #: What a worker takes from its slot or the queue.
-Item: TypeAlias = Call | Drain
+Item: TypeAlias = Call | Drain | Leave

@@ -1,16 +1,19 @@
 """The scheduler: how work items reach an executor's worker threads.
 
-Owns one executor's idle workers, queue of calls, streams of jobs and
-counts (:class:`Scheduler`), and the interfaces it meets: the worker side
-(:class:`Taker`, which ``nspool._worker.Worker`` is) and the settings the
-workers read at call time (:class:`Tunables`).
+Owns one executor's queue of calls, streams of jobs and counts
+(:class:`Scheduler`), with its idle workers (``nspool._idle``), and the
+settings the workers read at call time (:class:`Tunables`). The worker side
+is ``nspool._idle.Taker`` (``nspool._worker.Worker`` is one).
 
 Guarantees and the reasons for them, in the manner of Trio's thread cache:
 
 * Hand-over without a queue: an idle worker waits on its own lock; a
-  submitter takes the most recently idle worker (LIFO: its caches are warm),
-  puts the item in its slot and releases that lock. One lock release wakes
-  exactly one thread.
+  submitter takes an idle worker (the one that stayed in the call's set,
+  else the most recently idle: ``nspool._idle``), puts the item in its slot
+  and releases that lock. One lock release wakes exactly one thread.
+* A set closed while idle workers wait inside it sends them home before
+  its ``close()`` returns (:meth:`Scheduler.send_home`): an idle thread
+  never keeps a closed set's namespaces alive.
 * A worker marks itself idle *before* it delivers an outcome
   (:meth:`Scheduler.mark_idle_or_take`), so a caller that submits again as
   soon as it is woken finds that same thread free.
@@ -33,6 +36,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import itertools
 import os
 import threading
 import weakref
@@ -41,27 +45,22 @@ from concurrent.futures import CancelledError
 from typing import Literal, Protocol
 
 from . import _sys
-from ._handle import HasHandle
-from ._handoff import Drain, Item, Job, Stream
+from ._handle import HasHandle, SetHandle
+from ._handoff import Call, Drain, Item, Job, Leave, Stream
 from ._home import Home
+from ._idle import IdleWorkers, Taker
 
-__all__ = ["Scheduler", "Taker", "Tunables"]
+__all__ = ["CLOSE_LOCK_WAIT", "LEAVE_TIMEOUT", "Scheduler", "Tunables"]
 
+#: Seconds a set's ``close()`` waits for each idle worker that stayed in the
+#: set to go home (it takes one ``setns``; the wait is a bound, not a pace).
+LEAVE_TIMEOUT = 5.0
+#: Seconds a set's ``close()`` waits for the scheduler's lock before it
+#: leaves the sending home to a thread of its own (a ``close()`` from a
+#: finalizer may run on a thread that holds the lock).
+CLOSE_LOCK_WAIT = 0.05
 
-class Taker(Protocol):
-    """The worker side of the hand-off (``nspool._worker.Worker``): a slot
-    for its next item and the lock it waits on. ``item`` set to ``None``
-    with ``wake`` released means: exit."""
-
-    item: Item | None
-    wake: threading.Lock
-    #: Rootless mode: the kinds in which it waits in limbo, not at home.
-    strayed: int
-    #: Whether its exit should let a fresh thread take queued calls.
-    spent: bool
-    thread: threading.Thread
-
-    def move_to(self, cpu: int) -> None: ...
+_tokens = itertools.count()
 
 
 class Tunables(Protocol):
@@ -75,6 +74,10 @@ class Tunables(Protocol):
     @property
     def check_every_kind(self) -> bool:
         """Whether every link is read after each call."""
+
+    @property
+    def stay_in_set(self) -> bool:
+        """Whether a worker stays in a set between calls."""
 
 
 class Scheduler:
@@ -107,9 +110,9 @@ class Scheduler:
         self._new_worker = new_worker
         self._refusal = refusal
         self._lock = threading.Lock()
-        self._idle: list[Taker] = []
-        # Rootless mode only: idle workers in limbo, by the kinds they left.
-        self._strayed: dict[int, list[Taker]] = {}
+        self._idle = IdleWorkers()
+        # This scheduler's key in the sets it watches (SetHandle.watch).
+        self._token = next(_tokens)
         self._queue: collections.deque[Item] = collections.deque()
         self._streams: dict[HasHandle, Stream] = {}
         self._threads: set[Taker] = set()
@@ -159,8 +162,8 @@ class Scheduler:
             raise
 
     def dispatch(self, item: Item, *, count: bool = True) -> None:
-        """Hand ``item`` to a worker: a strayed one that may serve it, the
-        most recently idle one, a new one, or the queue."""
+        """Hand ``item`` to a worker: an idle one (``IdleWorkers.take``), a
+        new one, or the queue."""
         worker: Taker | None = None
         new = False
         with self._lock:
@@ -168,23 +171,19 @@ class Scheduler:
                 raise self._refusal(self.forked, self.home.pid)
             if count:
                 self._calls += 1
-            alone = len(self._idle) == len(self._threads)  # no call is running
+            alone = self._idle.count() == len(self._threads)  # no call is running
             evicted: Taker | None = None
-            if self._strayed and item.nsset is not None:
-                worker = self._take_strayed(item.nsset.handle.bits)
+            worker = self._idle.take(item)
             if worker is not None:
-                worker.item = item
-            elif self._idle:
-                worker = self._idle.pop()
                 worker.item = item
             elif len(self._threads) < self.max_workers:
                 worker = self._new_worker(self, item)
                 self._threads.add(worker)
                 new = True
-            elif self._strayed:
+            elif self._idle.strayed:
                 # Full, and the idle threads cannot serve this call: one of
                 # them makes way for a fresh one.
-                evicted = self._take_strayed(-1)
+                evicted = self._idle.take_strayed(-1)
                 assert evicted is not None
                 evicted.item = None
                 self._threads.discard(evicted)
@@ -279,8 +278,10 @@ class Scheduler:
     # -- reported by workers ------------------------------------------------------
 
     def mark_idle_or_take(self, worker: Taker, deliver: Item | None) -> None:
-        """A worker is home and healthy: hand it the next queued call or put
-        it on the idle list, then deliver ``deliver``'s outcome."""
+        """A worker is home and healthy, or healthy in the set it stayed in
+        (``worker.parked``): hand it the next queued call or put it on the
+        idle list, then deliver ``deliver``'s outcome. A worker that stayed
+        in a set closed meanwhile is sent home instead."""
         with self._lock:
             if worker.strayed:
                 self._park_strayed(worker)
@@ -290,21 +291,52 @@ class Scheduler:
             elif self.shut_down:
                 worker.item = None
                 worker.wake.release()
+            elif worker.parked is None:
+                self._idle.home.append(worker)
+            elif worker.parked.watch(self._token, self._closed_watcher()):
+                self._idle.put_parked(worker, worker.parked)
             else:
-                self._idle.append(worker)
+                worker.item = Leave()  # its set was closed as it finished
+                worker.wake.release()
         if deliver is not None:
             deliver.deliver()
 
-    def _take_strayed(self, set_bits: int) -> Taker | None:
-        """Under the lock: an idle worker in limbo that may serve a set of
-        ``set_bits`` (it left home only in kinds the set holds; -1: any)."""
-        for strayed, parked in self._strayed.items():
-            if strayed & ~set_bits == 0:
-                worker = parked.pop()
-                if not parked:
-                    del self._strayed[strayed]
-                return worker
-        return None
+    def _closed_watcher(self) -> Callable[[SetHandle], None]:
+        """What a set calls when it is closed (``SetHandle.watch``): holds
+        only a weak reference, so a set does not keep an executor alive."""
+        ref = weakref.ref(self)
+
+        def closed(h: SetHandle) -> None:
+            core = ref()
+            if core is not None:
+                core.send_home(h)
+
+        return closed
+
+    def send_home(self, h: SetHandle) -> None:
+        """``h`` was closed: every idle worker that stayed in it goes home,
+        and this returns once they have (each within
+        :data:`LEAVE_TIMEOUT`), so a closed set's namespaces are not kept
+        alive by a thread. Runs on the closing thread; if the lock is not
+        free soon (a finalizer on a thread that holds it), a thread of its
+        own does the sending and the close does not wait."""
+        if not self._lock.acquire(timeout=CLOSE_LOCK_WAIT):
+            threading.Thread(
+                target=self.send_home, args=(h,), name="nspool-send-home", daemon=True
+            ).start()
+            return
+        try:
+            parked = self._idle.take_all_in(h)
+            leaves = []
+            for worker in parked:
+                leave = worker.item = Leave()
+                leaves.append(leave)
+        finally:
+            self._lock.release()
+        for worker in parked:
+            worker.wake.release()
+        for leave in leaves:
+            leave.done.wait(LEAVE_TIMEOUT)
 
     def _park_strayed(self, worker: Taker) -> None:
         """Under the lock: hand a worker in limbo the first queued call it
@@ -322,20 +354,13 @@ class Scheduler:
             worker.item = None
             worker.wake.release()
             return
-        self._strayed.setdefault(strayed, []).append(worker)
+        self._idle.put_strayed(worker)
 
     def retire_idle(self, worker: Taker) -> bool:
         """An idle worker timed out: remove it unless a call was just handed
         to it. Returns whether it should exit."""
         with self._lock:
-            parked = self._strayed.get(worker.strayed, []) if worker.strayed else self._idle
-            try:
-                parked.remove(worker)
-            except ValueError:
-                return False
-            if worker.strayed and not parked:
-                del self._strayed[worker.strayed]
-            return True
+            return self._idle.remove(worker)
 
     def forget(self, worker: Taker, *, discarded: bool, spent: bool = False) -> None:
         """A worker thread is leaving; if it was discarded (or spent, in
@@ -345,8 +370,7 @@ class Scheduler:
             self._threads.discard(worker)
             self._leaving = {t for t in self._leaving if t.is_alive()}
             self._leaving.add(worker.thread)
-            with contextlib.suppress(ValueError):
-                self._idle.remove(worker)
+            self._idle.remove(worker)
             if discarded:
                 self._discarded += 1
             if (
@@ -381,8 +405,8 @@ class Scheduler:
                 job.error = CancelledError("Workers shut down before the call started")
                 job.on_done(job)
         for call in cancelled:
-            if isinstance(call, Drain):
-                continue  # its jobs were cancelled above
+            if not isinstance(call, Call):
+                continue  # a drain's jobs were cancelled above
             if call.future is not None:
                 call.future.cancel()
             else:
@@ -394,9 +418,7 @@ class Scheduler:
     def _stop_idle(self) -> None:
         """Tell idle workers to exit and drop the executor's hold on its home."""
         with self._lock:
-            leaving = [*self._idle, *(w for parked in self._strayed.values() for w in parked)]
-            self._idle.clear()
-            self._strayed.clear()
+            leaving = self._idle.clear()
         for worker in leaving:
             worker.item = None
             worker.wake.release()
@@ -407,7 +429,7 @@ class Scheduler:
         with self._lock:
             return (
                 len(self._threads),
-                len(self._idle),
+                self._idle.count(),
                 len(self._queue),
                 self._calls,
                 self._discarded,
@@ -418,8 +440,7 @@ class Scheduler:
         Forget every worker (their locks may be held forever) and refuse
         calls at once instead of handing them to threads that are gone."""
         self._lock = threading.Lock()
-        self._idle.clear()
-        self._strayed.clear()
+        self._idle = IdleWorkers()
         self._queue.clear()
         self._streams.clear()
         self._threads.clear()

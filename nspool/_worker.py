@@ -4,7 +4,7 @@ Owns :class:`Worker`. Its thread settles at home, waits on its own lock
 for an item, serves it, and reports to its executor's scheduler through the
 scheduler's public methods (``mark_idle_or_take``, ``retire_idle``,
 ``forget``, ``grow``, ``drainer_done``, ...); the scheduler, in turn, sees
-only the worker's slot and lock (``nspool._scheduler.Taker``). A call
+only the worker's slot and lock (``nspool._idle.Taker``). A call
 
 1. enters the set's namespaces in :data:`~nspool.kinds.SETNS_ORDER`,
    skipping kinds the thread is already in;
@@ -14,7 +14,10 @@ only the worker's slot and lock (``nspool._scheduler.Taker``). A call
    a callable that called ``unshare`` or ``setns`` itself is caught, and
    that it still shares the process's fd table and fs;
 4. goes home (and after a mount namespace, back to its cwd and root), and
-   checks again.
+   checks again; or, where it may (``STAY_IN_SET``, no mount namespace,
+   the anchor to go home by), goes home only in the kinds outside the set
+   and waits in the set for its next call, which then enters nothing. A
+   call elsewhere sends it home first; so does the set's ``close()``.
 
 Guarantees and the reasons for them:
 
@@ -53,7 +56,7 @@ from collections.abc import Callable, Iterable
 
 from . import _native, _sys
 from ._handle import HasHandle, SetHandle
-from ._handoff import Call, Drain, Item, Job, Stream
+from ._handoff import Call, Drain, Item, Job, Leave, Stream
 from ._home import (
     FilesLost,
     Spent,
@@ -130,6 +133,9 @@ class Worker:
         self.quick = self.home.keep_gil
         #: A stream's job whose outcome waits until the thread is retired.
         self.undelivered: Job | None = None
+        #: The set the thread stayed in after its last call (see
+        #: :meth:`_may_stay`), or ``None`` if it is home.
+        self.parked: SetHandle | None = None
 
     # -- the thread -----------------------------------------------------------
 
@@ -260,8 +266,14 @@ class Worker:
         """Enter, call, check, go home. Raises :class:`Stranded` if the thread
         must not be reused; the call's outcome is in ``item`` either way."""
         s = item.nsset
+        parked = self.parked
+        if parked is not None and (s is None or s.handle is not parked):
+            self._leave_park()
         if self.own_fs and (s is None or not s.handle.bits & MNT_BITS):
             follow_process_cwd()
+        if isinstance(item, Leave):
+            self._after(item)
+            return
         if isinstance(item, Drain):
             self._drain(item.stream)
             self._after(item)
@@ -281,7 +293,7 @@ class Worker:
         def fail(exc: BaseException) -> None:
             call.error = exc
 
-        self._in_set(s, run, fail)
+        self._in_set(s, run, fail, stay=self.tunables.stay_in_set)
         self._after(call)
 
     def _in_set(
@@ -289,17 +301,23 @@ class Worker:
         s: HasHandle,
         body: Callable[[dict[Kind, int]], None],
         fail: Callable[[BaseException], None],
+        *,
+        stay: bool = False,
     ) -> None:
         """Enter ``s``, run ``body(expected)`` with ``s`` as
-        :func:`current`, check and go home. ``fail(error)`` instead of
+        :func:`current`, check and go home, or with ``stay`` stay in ``s``
+        where the worker may (:meth:`_may_stay`). ``fail(error)`` instead of
         ``body`` if ``s`` is closed or cannot be entered. Raises
         :class:`Stranded` if the thread must not be reused."""
         h = s.handle
         try:
             h.acquire()
         except NamespaceError as exc:
+            if self.parked is not None:
+                self._leave_park()  # closed just after the worker was picked
             fail(exc)
             return
+        self.parked = None  # where the thread is, ``here`` says from now on
         try:
             expected = dict(self.here)
             try:
@@ -313,9 +331,40 @@ class Worker:
                 body(expected)
             finally:
                 thread.stack.pop()
-            self._leave(h.bits, expected)
+            if stay and self._may_stay(h):
+                self._between_jobs(h.bits, expected)
+                self.parked = h
+            else:
+                self._leave(h.bits, expected)
         finally:
             h.leave()
+
+    def _may_stay(self, h: SetHandle) -> bool:
+        """Whether the thread may stay in ``h`` after a call, idle until the
+        next: where the checks after a call are one quick call and the way
+        home one ``setns`` on the anchor for every kind it entered (no mount
+        namespace; a user or time namespace is never entered), and unless
+        ``h`` is closed (one closed later sends its
+        idle workers home: ``Scheduler.send_home``)."""
+        return (
+            self._can_be_quick(h.bits, self.home.anchor_fd)
+            and self.home.returnable
+            and not h.closed
+        )
+
+    def _leave_park(self) -> None:
+        """Go home from the set the thread stayed in: one forced return on
+        the anchor. It was checked before it stayed and nothing moves an
+        idle thread. Raises :class:`Stranded`."""
+        self.parked = None
+        home = self.home
+        try:
+            home.setns(home.anchor_fd, FORCED_BITS)
+        except OSError as exc:
+            raise Stranded(f"cannot go home: {exc}") from exc
+        here, home_ids = self.here, home.ids
+        for kind in FORCED:
+            here[kind] = home_ids[kind]
 
     def _drain(self, stream: Stream) -> None:
         """Enter the stream's set once and run its jobs until none is left,

@@ -13,8 +13,8 @@ between calls (``nspool._home``), what they are handed
 Guarantees of the facade:
 
 * ``KEEP_GIL`` and ``USE_HOME_ANCHOR`` are read when a ``Workers`` is made
-  (a choice per executor); ``CHECK_EVERY_KIND`` and ``IDLE_TIMEOUT`` when a
-  worker uses them.
+  (a choice per executor); ``CHECK_EVERY_KIND``, ``IDLE_TIMEOUT`` and
+  ``STAY_IN_SET`` when a worker uses them.
 * After ``os.fork()`` every ``Workers`` of the parent refuses calls in the
   child at once (:class:`WorkersForkedError`, never a hang), and the
   default executor is forgotten and made afresh on the child's first call.
@@ -45,6 +45,7 @@ __all__ = [
     "KEEP_GIL",
     "LIMBO_KINDS",
     "MAX_WORKERS",
+    "STAY_IN_SET",
     "USE_HOME_ANCHOR",
     "Job",
     "Workers",
@@ -62,6 +63,11 @@ MAX_WORKERS = 64
 #: return home cannot force (slower; catches callables that touched kinds
 #: outside their set, which the forced return would otherwise just undo).
 CHECK_EVERY_KIND = False
+#: Let a worker stay in a set after a call until its next call, instead of
+#: going home after each (checked the same; the next call in that set then
+#: enters nothing). An idle worker in a set that is closed goes home before
+#: ``close()`` returns.
+STAY_IN_SET = True
 #: Make the syscalls of a call (setns, reading links) without releasing the
 #: GIL. They take microseconds, while a released GIL can take a switch
 #: interval (5 ms) to get back on a busy interpreter; measured in bench/.
@@ -87,6 +93,10 @@ class _Tunables:
     @property
     def check_every_kind(self) -> bool:
         return CHECK_EVERY_KIND
+
+    @property
+    def stay_in_set(self) -> bool:
+        return STAY_IN_SET
 
 
 _TUNABLES = _Tunables()

@@ -213,16 +213,25 @@ def test_fork_child_gets_fresh_default_workers_or_an_error() -> None:
 # -- 2: a set's fd number reused ------------------------------------------------------
 
 
-def test_set_whose_fd_number_was_reused_is_not_entered(pool: Workers) -> None:
+@pytest.mark.parametrize("stay", [False, True], ids=["going-home", "staying"])
+def test_set_whose_fd_number_was_reused_is_not_entered(
+    pool: Workers, monkeypatch: pytest.MonkeyPatch, stay: bool
+) -> None:
     """A callable closes its set's net fd and another set's fd takes the
-    number: the next call in the first set raises instead of running in the
-    second set's netns."""
+    number: the next call that enters the first set raises instead of
+    running in the second set's netns. A worker that stayed in the first
+    set (STAY_IN_SET) enters nothing: its calls there run in the first
+    set's netns, never the second's, until it goes home."""
+    monkeypatch.setattr(workers, "STAY_IN_SET", stay)
     with NamespaceSet.unshare(Kind.NET) as a, NamespaceSet.unshare(Kind.NET) as b:
         a_fd = a.fds()[Kind.NET]
-        assert (
-            pool.run_sync(a, os.readlink, "/proc/thread-self/ns/net") == f"net:[{a.id(Kind.NET)}]"
-        )
+        a_link = f"net:[{a.id(Kind.NET)}]"
+        assert pool.run_sync(a, os.readlink, "/proc/thread-self/ns/net") == a_link
         pool.run_sync(a, os.dup2, b.fds()[Kind.NET], a_fd)  # close a's fd, reuse the number
+        if stay:
+            assert pool.run_sync(a, os.readlink, "/proc/thread-self/ns/net") == a_link
+            monkeypatch.setattr(workers, "STAY_IN_SET", False)
+            assert pool.run_sync(a, os.readlink, "/proc/thread-self/ns/net") == a_link
         with pytest.raises(NamespaceError, match="reused"):
             pool.run_sync(a, os.readlink, "/proc/thread-self/ns/net")
         with NamespaceSet.unshare(Kind.UTS) as other:

@@ -160,6 +160,8 @@ def one_at_a_time(
         return run
 
     variants["every kind"] = with_tunables("every kind", CHECK_EVERY_KIND=True)
+    variants["leaving"] = with_tunables("leaving", STAY_IN_SET=False)
+    variants["at home"] = timed_each(lambda: default.submit(noop).result())
     with tunables(KEEP_GIL=False):  # decided once, when a Workers is made
         released = Workers()
     variants["gil released"] = timed_each(lambda: released.run_sync(s, noop))
@@ -194,9 +196,17 @@ def one_at_a_time(
             # The goal; on one CPU it is to hold at most 1.2x.
             goal="goal <= 1.0x",
         ),
+        Row(
+            group,
+            "  going home after each call (STAY_IN_SET off)",
+            "us",
+            samples["leaving"],
+            base.name,
+        ),
         Row(group, "  going home kind by kind (no anchor)", "us", samples["per kind"], base.name),
         Row(group, "  reading every link after the call", "us", samples["every kind"], base.name),
         Row(group, "  syscalls releasing the GIL", "us", samples["gil released"], base.name),
+        Row(group, "  Workers.submit(noop).result(), no set", "us", samples["at home"], base.name),
     ]
     if not pinned:
         rows.append(Row(group, "  same_cpu=True", "us", samples["same cpu"], base.name))

@@ -303,12 +303,15 @@ class Worker:
         fail: Callable[[BaseException], None],
         *,
         stay: bool = False,
+        checked: bool = False,
     ) -> None:
         """Enter ``s``, run ``body(expected)`` with ``s`` as
         :func:`current`, check and go home, or with ``stay`` stay in ``s``
-        where the worker may (:meth:`_may_stay`). ``fail(error)`` instead of
-        ``body`` if ``s`` is closed or cannot be entered. Raises
-        :class:`Stranded` if the thread must not be reused."""
+        where the worker may (:meth:`_may_stay`): checked as between two
+        jobs, unless ``checked`` (``body`` checked the thread after each
+        callable it ran). ``fail(error)`` instead of ``body`` if ``s`` is
+        closed or cannot be entered. Raises :class:`Stranded` if the thread
+        must not be reused."""
         h = s.handle
         try:
             h.acquire()
@@ -332,7 +335,8 @@ class Worker:
             finally:
                 thread.stack.pop()
             if stay and self._may_stay(h):
-                self._between_jobs(h.bits, expected)
+                if not checked:
+                    self._between_jobs(h.bits, expected)
                 self.parked = h
             else:
                 self._leave(h.bits, expected)
@@ -368,7 +372,8 @@ class Worker:
 
     def _drain(self, stream: Stream) -> None:
         """Enter the stream's set once and run its jobs until none is left,
-        each checked as a call is (:meth:`_between_jobs`), then go home.
+        each checked as a call is (:meth:`_between_jobs`), then go home or
+        stay in the set (no second check: each job's was the last word).
         Raises :class:`Stranded` as :meth:`_run` does; the jobs left are
         then drained by another thread."""
         core = self.core_ref()
@@ -379,6 +384,8 @@ class Worker:
             stream.nsset,
             lambda expected: self._run_jobs(core, stream, expected),
             lambda exc: core.fail_stream(stream, exc),
+            stay=self.tunables.stay_in_set,
+            checked=True,
         )
 
     def _run_jobs(self, core: Scheduler, stream: Stream, expected: dict[Kind, int]) -> None:

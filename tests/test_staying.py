@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from nspool import Kind, NamespaceSet, Workers, _sys, workers
+from nspool import Kind, NamespaceSet, Workers, _native, _sys, workers
+from nspool._wait import run_in
+from nspool.workers import Job
 
 from .conftest import Witness, thread_ns, wait_until
 
@@ -203,3 +205,64 @@ def test_an_idle_worker_in_a_set_times_out(monkeypatch: pytest.MonkeyPatch) -> N
         assert w.run_sync(s, lambda: 5) == 5
         assert w.stats().idle == 1
         assert wait_until(lambda: w.stats().threads == 0, timeout=5)
+
+
+def test_a_drainer_stays_in_the_set_without_a_second_check(
+    one: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream of jobs (await s.run): the drainer that ran them stays in
+    the set, checked once after each job and not again on its way out; the
+    next stream enters nothing; a job that moves it is still caught."""
+    checks: list[int] = []
+    real = _native.check_and_return
+
+    def counting(*args: object) -> int:
+        result: int = real(*args)  # type: ignore[arg-type]
+        checks.append(result)
+        return result
+
+    monkeypatch.setattr(_native, "check_and_return", counting)
+    with NamespaceSet.unshare(Kind.NET) as s:
+        jobs = run_stream(one, s, [threading.get_native_id, lambda: thread_ns("net")])
+        tid = jobs[0].result
+        assert jobs[1].result == net_of(s)
+        assert checks == [_native.CHECK_OK] * 2
+        assert task_net(tid) == net_of(s)
+        jobs = run_stream(one, s, [lambda: _sys.unshare(Kind.NET), threading.get_native_id])
+        assert checks[-2] >= _native.CHECK_LINK_MOVED
+        assert one.stats().discarded == 1
+        assert jobs[1].result != tid
+    assert all(task_net(t) == thread_ns("net") for t in worker_tids(one))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_awaited_calls_leave_a_worker_in_the_set_until_it_is_closed(
+    one: Workers, anyio_backend: str, witness: Callable[[NamespaceSet], Witness]
+) -> None:
+    """await run_in(...) one at a time on asyncio and Trio: the worker
+    waits in the set between awaits, and the set's close() sends it home
+    (or, if it was still finishing, it does not stay)."""
+    s = NamespaceSet.unshare(Kind.NET)
+    w = witness(s)
+    inside = net_of(s)
+    tid = await run_in(one, s, threading.get_native_id)
+    assert task_net(tid) == inside
+    assert await run_in(one, s, thread_ns, "net") == inside
+    assert await run_in(one, s, threading.get_native_id) == tid
+    s.close()
+    # A drainer hands each outcome over before it is done with the set, so
+    # the await may return (and close() run) before it waits idle there.
+    assert wait_until(lambda: task_net(tid) == thread_ns("net"), timeout=5)
+    assert w.wait_gone()
+
+
+def run_stream(w: Workers, s: NamespaceSet, calls: list[Callable[[], object]]) -> list[Job]:
+    """Submit ``calls`` as one stream of jobs on ``s`` and wait for all."""
+    remaining = threading.Semaphore(0)
+    jobs = [Job(fn, (), {}, lambda _job: remaining.release()) for fn in calls]
+    for job in jobs:
+        w.submit_job(s, job)
+    for _ in jobs:
+        assert remaining.acquire(timeout=20)
+    return jobs

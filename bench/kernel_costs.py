@@ -634,45 +634,60 @@ def _make_until_up(
 def bench_pid_init(sizes: Sizes, console: Console) -> list[Row]:
     console.print("(f) a set with a new pid namespace: its init ...")
     native = _native.PIDINIT
-    rss: dict[str, list[float]] = {"native": [], "python": []}
+    rss: dict[str, list[float]] = {
+        k: [] for k in ("native", "python", "user native", "user python")
+    }
+    user = Kind.USER | Kind.PID
     variants = {"netns": _make_until_up(Kind.NET, None)}
     variants["python"] = _make_until_up(Kind.PID, None, rss["python"])
     variants["python+proc"] = _make_until_up(Kind.PID | Kind.MNT, None)
+    variants["user netns"] = _make_until_up(Kind.USER | Kind.NET, None)
+    variants["user python"] = _make_until_up(user, None, rss["user python"])
     if native is not None:
         variants["native"] = _make_until_up(Kind.PID, native, rss["native"])
         variants["native+proc"] = _make_until_up(Kind.PID | Kind.MNT, native)
+        variants["user native"] = _make_until_up(user, native, rss["user native"])
     samples = interleave(variants, sizes.init_ops, sizes.rounds)
     netns = Row("f", "create netns (baseline for the pid sets)", "us", samples["netns"])
+    user_netns = Row(
+        "f", "create user+netns set (baseline for the user+pid sets)", "us", samples["user netns"]
+    )
     names = {
         "python": "create pid set, Python init, until it is up",
         "native": "create pid set, compiled init, until it is up",
         "python+proc": "create pid+mnt set, private /proc, Python init",
         "native+proc": "create pid+mnt set, private /proc, compiled init",
+        "user python": "create user+pid set, Python init (helper's fork)",
+        "user native": "create user+pid set, compiled init",
     }
     rows = [netns]
     for key, name in names.items():
+        if key == "user python":
+            rows.append(user_netns)
         if key in samples:
             extra: dict[str, float] = {}
-            if key.startswith("native"):
+            if "native" in key:
                 python = samples[key.replace("native", "python")]
                 extra["vs Python init"] = statistics.median(samples[key]) / statistics.median(
                     python
                 )
-            rows.append(Row("f", name, "us", samples[key], baseline=netns.name, extra=extra))
-    python_rss = Row("f", "RSS of a pid set's init: Python", "KiB", rss["python"])
-    rows.append(python_rss)
-    if rss["native"]:
-        rows.append(
-            Row(
-                "f",
-                "RSS of a pid set's init: compiled",
-                "KiB",
-                rss["native"],
-                baseline=python_rss.name,
-                faster=True,
+            base = user_netns if key.startswith("user") else netns
+            rows.append(Row("f", name, "us", samples[key], baseline=base.name, extra=extra))
+    for prefix, what in (("", "a pid set"), ("user ", "a user+pid set")):
+        python_rss = Row("f", f"RSS of {what}'s init: Python", "KiB", rss[prefix + "python"])
+        rows.append(python_rss)
+        if rss[prefix + "native"]:
+            rows.append(
+                Row(
+                    "f",
+                    f"RSS of {what}'s init: compiled",
+                    "KiB",
+                    rss[prefix + "native"],
+                    baseline=python_rss.name,
+                    faster=True,
+                )
             )
-        )
-    else:
+    if not rss["native"]:
         console.print(f"(f) no compiled init: {_native.REASON}")
     return rows
 

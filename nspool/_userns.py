@@ -36,7 +36,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 
-from . import _sys
+from . import _native, _sys
 from ._options import PROC_FLAGS, TMP_DATA, TMP_FLAGS, IdMap, SetOptions, map_text
 from .errors import NamespaceError, from_errno
 from .kinds import SETNS_ORDER, Kind
@@ -98,6 +98,8 @@ def make_in_helper(
         **options.for_helper(),
     }
     config["proc"] = PROC_FLAGS if options.private_proc else 0
+    # The compiled pid init where it was built (else the helper's own code).
+    config["init"] = _native.PIDINIT or ""
     try:
         process = subprocess.Popen(
             [_sys.python(), "-I", "-S", _CHILD, json.dumps(config)],

@@ -13,10 +13,12 @@ the namespaces, and answers on stdout, one line a step::
 
 Then it waits until its stdin closes. With a pid namespace its forked child
 is the namespace's init, which exits when the helper does: it waits on a
-pipe only the helper holds. That init runs the code of the pid init,
+pipe only the helper holds (its stdin). That child executes the compiled
+init named by ``init`` (the program, opened before any mount could hide
+it), or where none was built runs the code of the pid init,
 :func:`nspool._pidinit_child.be_init`, imported from this file's directory:
 the only module it imports besides the standard library (and only for a
-pid namespace).
+pid namespace without a compiled init).
 
 Wrong arguments: a usage line on stderr, status 2.
 """
@@ -41,7 +43,7 @@ _USAGE = (
 _KEYS: "dict[str, type | tuple[type, ...]]" = {
     **dict.fromkeys(("user", "first", "mnt", "uts", "time", "pid"), int),  # CLONE_NEW* bits
     **dict.fromkeys(("propagation", "tmp_flags", "proc", "tmp"), int),  # mount flags, a bool
-    **dict.fromkeys(("tmp_data", "offsets"), str),
+    **dict.fromkeys(("tmp_data", "offsets", "init"), str),
     **dict.fromkeys(("hostname", "domainname"), (str, type(None))),
     "join": list,
 }
@@ -79,7 +81,8 @@ def _check(rc: int, syscall: str, detail: int | str) -> None:
 def _helper(cfg: "dict[str, Any]") -> int:
     # The init's code is loaded first, while this file's directory is still
     # in view: a private /tmp mounted below hides it if nspool lives there.
-    be_init = _init_code() if cfg["pid"] else None
+    init_fd = os.open(cfg["init"], os.O_RDONLY | os.O_CLOEXEC) if cfg["pid"] and cfg["init"] else -1
+    be_init = _init_code() if cfg["pid"] and init_fd < 0 else None
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = (ctypes.c_char_p,) * 3 + (ctypes.c_ulong, ctypes.c_char_p)
     for fd, nstype in cfg["join"]:
@@ -112,7 +115,7 @@ def _helper(cfg: "dict[str, Any]") -> int:
             except OSError as exc:
                 _fail(exc.errno or 5, "write", f"{cfg['time']} /proc/self/timens_offsets")
     init = 0
-    if be_init is not None:
+    if cfg["pid"]:
         _check(libc.unshare(cfg["pid"]), "unshare", cfg["pid"])
         life_r, life_w = os.pipe()
         ready_r, ready_w = os.pipe()
@@ -120,16 +123,39 @@ def _helper(cfg: "dict[str, Any]") -> int:
         if init == 0:
             os.close(life_w)
             os.close(ready_r)
-            os._exit(be_init(life_r, ready_w, cfg["proc"] or None))
+            if be_init is not None:
+                os._exit(be_init(life_r, ready_w, cfg["proc"] or None))
+            _exec_init(init_fd, life_r, ready_w, cfg["proc"])
         os.close(life_r)
         os.close(ready_w)
         answer = os.read(ready_r, 64)
-        if answer != b"ok":
+        if answer[:1] == b"X":
+            _fail(int(answer[1:]) if answer[1:].isdigit() else 5, "execve", cfg["init"])
+        if answer != b"ok" and not (answer == b"" and be_init is None and not cfg["proc"]):
             _fail(int(answer) if answer.isdigit() else 5, "mount", f"{cfg['pid']} /proc")
     _say(f"R {init}")
     while os.read(0, 64):
         pass
     return 0
+
+
+def _exec_init(init_fd: int, life: int, ready: int, proc: int) -> "NoReturn":
+    """In the init's process: become the compiled init, whose stdin is
+    ``life`` and, to mount a ``/proc`` first (``proc``: its flags), whose
+    stdout is ``ready`` for the answer. Without ``/proc`` it answers
+    nothing: ``ready`` (close-on-exec) just closes when the program starts.
+    A failed ``execve`` answers ``X`` and its errno."""
+    try:
+        os.dup2(life, 0)
+        if proc:
+            os.dup2(ready, 1)
+        else:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+        os.execve(init_fd, ["nspool-pidinit", str(proc) if proc else "-"], {})
+    except OSError as exc:
+        os.write(ready, b"X%d" % (exc.errno or 5))
+    os._exit(127)
 
 
 def _config(text: str) -> "dict[str, Any] | None":

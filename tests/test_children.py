@@ -42,6 +42,7 @@ NOTHING: dict[str, object] = {
     **dict.fromkeys(["user", "first", "mnt", "uts", "time", "pid"], 0),
     **dict.fromkeys(["propagation", "tmp_flags", "proc"], 0),
     **{"tmp": False, "tmp_data": "", "offsets": "", "hostname": None, "domainname": None},
+    "init": "",
     "join": [],
 }
 
@@ -139,6 +140,18 @@ def test_helper_asked_for_nothing() -> None:
     when its stdin closes."""
     done = run_child("_userns_child.py", json.dumps(NOTHING))
     assert (done.returncode, done.stdout, done.stderr) == (0, "R 0\n", "")
+
+
+def test_helper_whose_init_cannot_be_executed(tmp_path: Path) -> None:
+    """A helper told to start a compiled init that is no program answers
+    the execve's errno (and exits 1) instead of waiting for an answer
+    that never comes; the init's process is gone with it."""
+    not_a_program = tmp_path / "init"
+    not_a_program.write_text("")
+    config = {**NOTHING, "pid": int(Kind.PID), "init": str(not_a_program)}
+    done = run_child("_userns_child.py", json.dumps(config))
+    assert done.returncode == 1, done
+    assert done.stdout == f"E {errno.EACCES} execve {not_a_program}\n"
 
 
 def test_enter_child_exit_statuses(tmp_path: Path) -> None:

@@ -126,6 +126,31 @@ def test_private_proc(fresh_workers: None, init: str) -> None:
         assert {int(p) for p in pids[1:] if p.isdigit()} == {1, int(pids[0])}
 
 
+@pytest.mark.parametrize("private_proc", [False, True], ids=["shared-proc", "private-proc"])
+def test_a_set_in_a_user_namespace_keeps_the_same_init(
+    fresh_workers: None, init: str, private_proc: bool
+) -> None:
+    """A set with pid and user namespaces, made by the helper process, keeps
+    the same init as any other set: the compiled one where it was built,
+    else the Python one. It is PID 1 there, reaps orphans, mounts the
+    private /proc when asked, and ends with the set."""
+    kinds = Kind.USER | Kind.PID
+    if private_proc:
+        kinds |= Kind.MNT
+    with NamespaceSet.unshare(kinds, private_proc=private_proc) as s:
+        init_pid = s.init_pid
+        assert init_pid is not None
+        assert is_init_program(init_pid, init)
+        pids = run(s, "echo $$; exec ls /proc").split()
+        assert int(pids[0]) >= 2
+        if private_proc:
+            assert {int(p) for p in pids[1:] if p.isdigit()} == {1, int(pids[0])}
+        run(s, "sleep 0.3 >/dev/null 2>&1 &")
+        assert wait_until(lambda: len(children_of(init_pid)) == 1, timeout=0.25)
+        assert wait_until(lambda: children_of(init_pid) == [], timeout=5)
+    assert wait_until(lambda: not os.path.exists(f"/proc/{init_pid}"))
+
+
 def test_the_compiled_init_is_small(fresh_workers: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled init's RSS is a small fraction of the Python one's."""
     if _native.PIDINIT is None:

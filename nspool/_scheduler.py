@@ -111,8 +111,10 @@ class Scheduler:
         self._refusal = refusal
         self._lock = threading.Lock()
         self._idle = IdleWorkers()
-        # This scheduler's key in the sets it watches (SetHandle.watch).
+        # This scheduler's key in the sets it watches (SetHandle.watch), and
+        # what they call when closed.
         self._token = next(_tokens)
+        self._on_set_closed = self._closed_watcher()
         self._queue: collections.deque[Item] = collections.deque()
         self._streams: dict[HasHandle, Stream] = {}
         self._threads: set[Taker] = set()
@@ -293,7 +295,7 @@ class Scheduler:
                 worker.wake.release()
             elif worker.parked is None:
                 self._idle.home.append(worker)
-            elif worker.parked.watch(self._token, self._closed_watcher()):
+            elif worker.parked.watch(self._token, self._on_set_closed):
                 self._idle.put_parked(worker, worker.parked)
             else:
                 worker.item = Leave()  # its set was closed as it finished

@@ -18,19 +18,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import select
 import subprocess
 import threading
+import time
 
 from . import _native, _sys
 from ._options import PROC_FLAGS
 from .errors import from_errno
 from .kinds import Kind
 
-__all__ = ["INIT_REAP_WAIT", "PidInit", "reap_finished_inits"]
+__all__ = ["INIT_ANSWER_TIMEOUT", "INIT_REAP_WAIT", "PidInit", "reap_finished_inits"]
 
 #: The init's program.
 _CHILD = _sys.child_program("_pidinit_child.py")
 
+#: Seconds :meth:`PidInit.start` waits for an init that mounts ``/proc`` to
+#: answer (it takes milliseconds; the bound is for an init that hangs).
+INIT_ANSWER_TIMEOUT = 10.0
 #: Seconds ``close()`` waits for a pid namespace's init to be reaped before
 #: leaving it to be reaped later (see :meth:`PidInit.release`).
 INIT_REAP_WAIT = 0.2
@@ -89,7 +95,9 @@ class PidInit:
 
         ``mount_proc``: the init mounts a ``/proc`` of its pid namespace on
         ``/proc`` (the calling thread must be in a new mount namespace),
-        and this waits until it has.
+        and this waits until it has, :data:`INIT_ANSWER_TIMEOUT` seconds at
+        most: an init that does not answer by then is ended, and the error
+        is ``ETIMEDOUT``.
 
         The init is the compiled one if :mod:`nspool._native` found it
         (read at each start, so tests can force either), else the Python one.
@@ -115,13 +123,19 @@ class PidInit:
         if mount_proc:
             assert process.stdout is not None
             with process.stdout:
-                answer = process.stdout.read()
+                answer = _read_answer(process.stdout.fileno(), INIT_ANSWER_TIMEOUT)
             if answer != b"ok":
                 init.release()
-                code = int(answer) if answer.isdigit() else errno.EIO
-                raise from_errno(
-                    code, syscall="mount", kind=Kind.PID, path="/proc", detail="private /proc"
-                )
+                code, detail = errno.EIO, "private /proc"
+                if answer is None:
+                    code = errno.ETIMEDOUT
+                    detail = (
+                        f"the init (pid {process.pid}) did not answer within "
+                        f"{INIT_ANSWER_TIMEOUT} s; it was ended"
+                    )
+                elif answer.isdigit():
+                    code = int(answer)
+                raise from_errno(code, syscall="mount", kind=Kind.PID, path="/proc", detail=detail)
         return init
 
     def acquire(self) -> PidInit:
@@ -149,3 +163,20 @@ class PidInit:
             with _unreaped_lock:
                 _unreaped.append(self._process)
         reap_finished_inits()
+
+
+def _read_answer(fd: int, timeout: float) -> bytes | None:
+    """What the init writes on ``fd`` until it closes it, or ``None`` if
+    that takes longer than ``timeout`` seconds."""
+    chunks: list[bytes] = []
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            return None
+        chunk = os.read(fd, 64)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)

@@ -7,7 +7,9 @@ import errno
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +22,9 @@ from nspool import (
     NamespaceSet,
     NotANamespaceError,
     _handle,
+    _native,
     _persist,
+    _pidinit,
     _sys,
     nsset,
 )
@@ -454,3 +458,27 @@ async def main():
 anyio.run(main)
 """
     )
+
+
+# -- an init that never answers -------------------------------------------------------------
+
+
+def test_an_init_that_never_answers_is_a_timeout_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An init asked to mount a private /proc that never answers (a stand-in
+    program that only sleeps): making the set fails with ETIMEDOUT after
+    INIT_ANSWER_TIMEOUT, naming the init's pid, and the init is ended."""
+    hung = tmp_path / "hung-init"
+    hung.write_text("#!/bin/sh\nexec sleep 30\n")
+    hung.chmod(0o755)
+    monkeypatch.setattr(_native, "PIDINIT", str(hung))
+    monkeypatch.setattr(_pidinit, "INIT_ANSWER_TIMEOUT", 0.5)
+    children = own_children()
+    started = time.monotonic()
+    with pytest.raises(NamespaceError) as info:
+        NamespaceSet.unshare(Kind.PID | Kind.MNT, private_proc=True)
+    assert time.monotonic() - started < 5
+    assert info.value.errno == errno.ETIMEDOUT
+    assert "did not answer" in str(info.value)
+    assert wait_until(lambda: not set(own_children()) - set(children))

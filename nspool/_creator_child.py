@@ -20,7 +20,8 @@ Usage: ``_creator_child.py SOCK_FD FLAGS NAMES LOOPBACK [CPU,...]``.
 * ``CPU,...``: the CPUs to run on (none: wherever the scheduler likes).
 
 Each set is answered by one message: ``ok`` with the fds, or
-``err ERRNO SYSCALL TEXT`` with none. Between sets the process waits in a
+``err ERRNO SYSCALL TEXT`` with none. Wrong arguments: a usage line on
+stderr, status 2. Between sets the process waits in a
 "limbo" set of its own, made once at start, so that it keeps no set it
 handed out alive.
 """
@@ -36,6 +37,10 @@ import socket
 import struct
 import sys
 
+_USAGE = (
+    "usage: _creator_child.py SOCK_FD FLAGS NAMES LOOPBACK [CPU,...]\n"
+    "(a child program of nspool, started by it; not for direct use)"
+)
 _REQUEST = struct.Struct("<I")
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -129,13 +134,39 @@ def _serve(sock: socket.socket, flags: int, names: list[str], loopback: bool) ->
                     os.close(fd)
 
 
-def main(argv: list[str]) -> int:
-    sock_fd, flags, names, loopback = int(argv[0]), int(argv[1], 0), argv[2], argv[3] == "1"
-    if len(argv) > 4 and argv[4]:
-        os.sched_setaffinity(0, {int(cpu) for cpu in argv[4].split(",")})
-    sock = socket.socket(fileno=sock_fd)
+def _arguments(argv: list[str]) -> tuple[socket.socket, int, list[str], bool, set[int]] | None:
+    """The socket, flags, names, loopback and CPUs, or None if ``argv`` is
+    not a valid command line (the fd must be a ``SOCK_SEQPACKET`` socket)."""
+    if len(argv) not in (4, 5) or argv[3] not in ("0", "1") or not argv[0].isdecimal():
+        return None
     try:
-        _serve(sock, flags, names.split(","), loopback)
+        flags = int(argv[1], 0)
+        cpus = {int(cpu) for cpu in argv[4].split(",")} if len(argv) == 5 and argv[4] else set()
+    except ValueError:
+        return None
+    names = argv[2].split(",")
+    if flags <= 0 or not all(names):
+        return None
+    try:
+        sock = socket.socket(fileno=int(argv[0]))
+    except OSError:
+        return None
+    if sock.type != socket.SOCK_SEQPACKET:
+        sock.detach()
+        return None
+    return sock, flags, names, argv[3] == "1", cpus
+
+
+def main(argv: list[str]) -> int:
+    args = _arguments(argv)
+    if args is None:
+        print(_USAGE, file=sys.stderr)
+        return 2
+    sock, flags, names, loopback, cpus = args
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        _serve(sock, flags, names, loopback)
     except _Failed as exc:
         # The limbo could not be made: say why once, then end.
         sock.send(f"err {exc.errno} {exc.syscall} {os.strerror(exc.errno)}".encode())

@@ -61,6 +61,18 @@ BAD_ARGS = {
         [json.dumps({k: v for k, v in NOTHING.items() if k != "offsets"})],
     ],
     "_enter_child.py": [[], ["3:4", ""], ["3:x", "", "true"], ["3", "", "true"]],
+    # stdin (fd 0) is /dev/null, fd 9 is not open: neither is a socket.
+    "_creator_child.py": [
+        [],
+        ["0", "0x40000000", "net", "1"],
+        ["9", "0x40000000", "net", "1"],
+        ["x", "0x40000000", "net", "1"],
+        ["0", "zz", "net", "1"],
+        ["0", "0x40000000", "net", "2"],
+        ["0", "0x40000000", "", "1"],
+        ["0", "0x40000000", "net", "1", "a,b"],
+        ["0", "0x40000000", "net", "1", "0", "more"],
+    ],
 }
 
 

@@ -11,8 +11,9 @@ How items reach workers is ``nspool._scheduler``'s.
 
 Guarantees and the reasons for them:
 
-* ``run_sync``'s caller waits on a bare lock that :meth:`Call.deliver`
-  releases: the cheapest wake-up CPython has.
+* ``run_sync``'s caller waits on a bare baton (``nspool._native.Baton``)
+  that the worker posts as it goes to wait for its next item, with the GIL
+  already let go of (:meth:`Call.hand_over`): the caller wakes to a free GIL.
 * An outcome is delivered after the worker is home (or discarded) and the
   item then drops its callable, arguments and context, so none of them
   lives on with the worker.
@@ -32,6 +33,7 @@ from concurrent.futures import Future
 from typing import Any, TypeAlias, TypeVar
 
 from ._handle import HasHandle
+from ._native import BatonLike
 from .errors import outcome
 
 __all__ = ["Call", "Drain", "Item", "Job", "Leave", "Stream", "Task", "outcome"]
@@ -125,7 +127,7 @@ class Call(Task):
         Task.__init__(self, fn, args, kwargs)
         self.nsset = nsset
         self.future = future
-        self.waiter: threading.Lock | None = None
+        self.waiter: BatonLike | None = None
         self.ran = False
 
     def start(self) -> bool:
@@ -139,6 +141,13 @@ class Call(Task):
             self.error = error
 
     def deliver(self) -> None:
+        waiter = self.hand_over()
+        if waiter is not None:
+            waiter.post()
+
+    def hand_over(self) -> BatonLike | None:
+        """Deliver, except that a blocked caller's baton is returned to be
+        posted by the worker as it goes to wait (``pass_baton``)."""
         future, error = self.future, self.error
         if future is not None:
             if future.cancelled():
@@ -149,10 +158,9 @@ class Call(Task):
                 future.set_result(self.result)
             # Drop references so the call's objects do not live on with us.
             self.result = self.error = None
-        elif self.waiter is not None:
-            self.waiter.release()
         self.fn = self.args = self.kwargs = None  # type: ignore[assignment]
         self.context = None  # type: ignore[assignment]
+        return self.waiter
 
 
 class Stream:

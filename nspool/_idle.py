@@ -26,6 +26,7 @@ from typing import Protocol, TypeVar
 
 from ._handle import SetHandle
 from ._handoff import Item
+from ._native import BatonLike
 
 __all__ = ["IdleWorkers", "Taker"]
 
@@ -34,11 +35,11 @@ _K = TypeVar("_K")
 
 class Taker(Protocol):
     """The worker side of the hand-off (``nspool._worker.Worker``): a slot
-    for its next item and the lock it waits on. ``item`` set to ``None``
-    with ``wake`` released means: exit."""
+    for its next item and the baton it waits on. ``item`` set to ``None``
+    with ``wake`` posted means: exit."""
 
     item: Item | None
-    wake: threading.Lock
+    wake: BatonLike
     #: Rootless mode: the kinds in which it waits in limbo, not at home.
     strayed: int
     #: Whether its exit should let a fresh thread take queued calls.

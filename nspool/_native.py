@@ -13,7 +13,11 @@ parts, each used when it is there:
   (``_native_src/hop.c``), else the pure-Python fallbacks below on
   :mod:`nspool._sys`. Both take the same arguments and give the same results;
   neither releases the GIL (each call takes microseconds, and on a busy
-  interpreter getting the GIL back can cost a switch interval).
+  interpreter getting the GIL back can cost a switch interval);
+* the hand-off (:data:`Baton`, :func:`pass_baton`): a binary semaphore, and
+  posting one then waiting on another with the GIL let go of *before* the
+  post, so that the woken thread can take the GIL at once; the fallback,
+  :class:`PyBaton`, is a lock, posted with the GIL held.
 
 ``NSPOOL_NATIVE=0`` in the environment makes nspool ignore whatever was
 built, so one install can test both paths. :data:`AVAILABLE` says whether
@@ -22,12 +26,14 @@ both parts are native, :data:`REASON` why not (``nspool doctor`` prints it).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import importlib
 import os
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from . import _sys
 
@@ -40,8 +46,13 @@ __all__ = [
     "EXT",
     "PIDINIT",
     "REASON",
+    "Baton",
+    "BatonLike",
+    "PyBaton",
     "check_and_return",
+    "pass_baton",
     "py_check_and_return",
+    "py_pass_baton",
     "py_read_inodes",
     "py_setns",
     "read_inodes",
@@ -105,6 +116,40 @@ AVAILABLE: bool = EXT and PIDINIT is not None
 REASON: str = "; ".join(_why)
 
 
+class BatonLike(Protocol):
+    """A binary semaphore: ``post()`` wakes the one thread in (or next in)
+    ``wait(timeout)``; posts before a wait do not add up."""
+
+    def post(self) -> None: ...
+
+    def wait(self, timeout: float = -1.0, /) -> bool: ...
+
+
+class PyBaton:
+    """The fallback of :data:`Baton`: a lock, held while not posted."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def post(self) -> None:
+        with contextlib.suppress(RuntimeError):  # posted already
+            self._lock.release()
+
+    def wait(self, timeout: float = -1.0, /) -> bool:
+        """Take the post; ``False`` if none came within ``timeout`` seconds
+        (-1: no limit). A signal handler's exception is raised."""
+        return self._lock.acquire(timeout=timeout)
+
+
+def py_pass_baton(to: BatonLike, mine: BatonLike, timeout: float = -1.0, /) -> bool:
+    """The fallback of :func:`pass_baton` (with the GIL held throughout)."""
+    to.post()
+    return mine.wait(timeout)
+
+
 def py_read_inodes(dirfd: int, names: tuple[bytes, ...]) -> tuple[int, ...]:
     """The fallback of :func:`read_inodes`."""
     buf = ctypes.create_string_buffer(64)
@@ -166,3 +211,13 @@ setns: Callable[[int, int], None] = _ext.setns if EXT else py_setns
 check_and_return: Callable[
     [int, int, bool, int, tuple[bytes, ...], tuple[int, ...], int, int], int
 ] = _ext.check_and_return if EXT else py_check_and_return
+
+#: ``Baton()``: a new, unposted :class:`BatonLike` (compiled: on a futex,
+#: waiting with the GIL released; else :class:`PyBaton`).
+Baton: Callable[[], BatonLike] = _ext.Baton if EXT else PyBaton
+#: ``pass_baton(to, mine, timeout=-1)``: post ``to``, then wait on ``mine``
+#: as ``mine.wait(timeout)`` does; compiled, the GIL is let go of before the
+#: post, so the thread woken does not wake only to wait for the GIL.
+pass_baton: Callable[[BatonLike, BatonLike, float], bool] = (
+    _ext.pass_baton if EXT else py_pass_baton
+)

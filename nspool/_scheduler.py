@@ -195,7 +195,7 @@ class Scheduler:
             else:
                 self._queue.append(item)
         if evicted is not None:
-            evicted.wake.release()
+            evicted.wake.post()
         if worker is None:
             return
         same_cpu = self._same_cpu
@@ -204,7 +204,7 @@ class Scheduler:
         elif same_cpu == "auto":
             worker.move_to(-1)
         if not new:
-            worker.wake.release()
+            worker.wake.post()
             return
         try:
             self.home.start(worker.thread)
@@ -289,17 +289,17 @@ class Scheduler:
                 self._park_strayed(worker)
             elif self._queue:
                 worker.item = self._queue.popleft()
-                worker.wake.release()
+                worker.wake.post()
             elif self.shut_down:
                 worker.item = None
-                worker.wake.release()
+                worker.wake.post()
             elif worker.parked is None:
                 self._idle.home.append(worker)
             elif worker.parked.watch(self._token, self._on_set_closed):
                 self._idle.put_parked(worker, worker.parked)
             else:
                 worker.item = Leave()  # its set was closed as it finished
-                worker.wake.release()
+                worker.wake.post()
         if deliver is not None:
             deliver.deliver()
 
@@ -336,7 +336,7 @@ class Scheduler:
         finally:
             self._lock.release()
         for worker in parked:
-            worker.wake.release()
+            worker.wake.post()
         for leave in leaves:
             leave.done.wait(LEAVE_TIMEOUT)
 
@@ -349,12 +349,12 @@ class Scheduler:
             if queued.nsset is not None and strayed & ~queued.nsset.handle.bits == 0:
                 del self._queue[i]
                 worker.item = queued
-                worker.wake.release()
+                worker.wake.post()
                 return
         if self.shut_down or self._queue:
             worker.spent = True
             worker.item = None
-            worker.wake.release()
+            worker.wake.post()
             return
         self._idle.put_strayed(worker)
 
@@ -423,7 +423,7 @@ class Scheduler:
             leaving = self._idle.clear()
         for worker in leaving:
             worker.item = None
-            worker.wake.release()
+            worker.wake.post()
         self.home.release()
 
     def counts(self) -> tuple[int, int, int, int, int]:

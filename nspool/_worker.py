@@ -66,6 +66,7 @@ from ._home import (
     follow_process_cwd,
     leave_to_orphans,
 )
+from ._native import BatonLike
 from ._scheduler import Scheduler
 from ._thread_ns import (
     CHECKED,
@@ -104,8 +105,9 @@ class Worker:
         self.tunables = core.tunables
         #: The CPUs it may use unpinned (the executor creator's).
         self.cpus = core.cpus
-        self.wake = threading.Lock()
-        self.wake.acquire()
+        self.wake = _native.Baton()
+        #: A blocked caller's baton, posted as the thread goes to wait.
+        self.to_post: BatonLike | None = None
         self.item: Item | None = first
         self.thread = threading.Thread(
             target=self._main, name=f"nspool-worker-{next(_worker_numbers)}", daemon=True
@@ -182,6 +184,9 @@ class Worker:
             self._close()
 
     def _close(self) -> None:
+        post, self.to_post = self.to_post, None
+        if post is not None:
+            post.post()
         links = self.links
         if not self.shares_files:
             # Closes here would reach only this thread's private fd table:
@@ -228,7 +233,13 @@ class Worker:
     def _wait(self) -> Item | None:
         """Wait for an item; ``None`` means exit (shutdown or idle timeout)."""
         while True:
-            if self.wake.acquire(timeout=self.tunables.idle_timeout):
+            post, self.to_post = self.to_post, None
+            timeout = self.tunables.idle_timeout
+            if (
+                self.wake.wait(timeout)
+                if post is None
+                else _native.pass_baton(post, self.wake, timeout)
+            ):
                 item, self.item = self.item, None
                 if item is None:
                     self._retire(None, discarded=False, spent=self.spent)
@@ -595,13 +606,17 @@ class Worker:
         )
 
     def _after(self, item: Item) -> None:
-        """The worker is home and healthy: mark it idle (or give it the next
-        queued item), then deliver."""
+        """The worker is home (or in its set) and healthy: mark it idle (or
+        give it the next queued item), then deliver; a blocked caller is
+        woken as the thread goes to wait (:attr:`to_post`)."""
         core = self.core_ref()
-        if core is not None:
-            core.mark_idle_or_take(self, deliver=item)
-        else:
+        if core is None:
             item.deliver()
+        elif isinstance(item, Call) and item.waiter is not None:
+            core.mark_idle_or_take(self, deliver=None)
+            self.to_post = item.hand_over()
+        else:
+            core.mark_idle_or_take(self, deliver=item)
 
     def _check(self, kinds: Iterable[Kind], expected: dict[Kind, int], when: str) -> None:
         assert self.links is not None

@@ -35,6 +35,7 @@ from typing import Literal, ParamSpec, TypeVar
 from ._handle import HasHandle
 from ._handoff import Call, Job, outcome
 from ._home import LIMBO_KINDS, Home, close_orphans
+from ._native import Baton
 from ._scheduler import Scheduler
 from ._worker import Worker
 from .kinds import Kind
@@ -218,10 +219,9 @@ class Workers(Executor):
         callable finishes in the background and its result is dropped.
         """
         call = Call(nsset, fn, args, kwargs, None)
-        waiter = call.waiter = threading.Lock()
-        waiter.acquire()
+        waiter = call.waiter = Baton()
         self._core.dispatch(call)
-        waiter.acquire()
+        waiter.wait()
         result: _T = outcome(*call.take())
         return result
 

@@ -15,7 +15,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -404,3 +405,114 @@ def test_workers_check_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
         assert w.stats().discarded == 1
         assert w.run_sync(s, threading.get_native_id) != first
         assert workers.CHECK_EVERY_KIND is False
+
+
+# --- the hand-off baton ---------------------------------------------------
+
+
+def baton_of(which: str) -> tuple[Callable[[], _native.BatonLike], Any]:
+    """``Baton`` and ``pass_baton`` of path ``which``."""
+    if which == "python":
+        return _native.PyBaton, _native.py_pass_baton
+    assert _native.EXT
+    return _native.Baton, _native.pass_baton
+
+
+class Interrupted(Exception):
+    """Raised by the test's SIGALRM handler."""
+
+
+@pytest.fixture
+def alarm() -> Iterator[Callable[[float], None]]:
+    """``alarm(seconds)``: raise :class:`Interrupted` in the main thread
+    (this test's) that many seconds from now."""
+
+    def fire(_signum: int, _frame: object) -> None:
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, fire)
+    try:
+        yield lambda seconds: signal.setitimer(signal.ITIMER_REAL, seconds)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("which", implementations())
+def test_baton_posts_do_not_add_up_and_waits_time_out(which: str) -> None:
+    baton_cls, _ = baton_of(which)
+    b = baton_cls()
+    assert b.wait(0.01) is False
+    b.post()
+    b.post()
+    assert b.wait(0.01) is True
+    assert b.wait(0.05) is False
+
+
+@pytest.mark.parametrize("which", implementations())
+def test_pass_baton_wakes_the_other_thread_and_waits_for_its_answer(which: str) -> None:
+    """Ping-pong between two threads, each posting the other's baton and
+    waiting on its own: every round trip is answered, in order."""
+    baton_cls, pass_baton = baton_of(which)
+    mine, theirs = baton_cls(), baton_cls()
+    seen: list[int] = []
+
+    def other() -> None:
+        for i in range(200):
+            assert theirs.wait(10)
+            seen.append(i)
+            mine.post()
+
+    t = threading.Thread(target=other)
+    t.start()
+    for i in range(200):
+        assert pass_baton(theirs, mine, 10.0)
+        assert seen[-1] == i
+    t.join(10)
+    assert seen == list(range(200))
+
+
+@pytest.mark.parametrize("which", implementations())
+def test_a_baton_wait_is_interrupted_by_a_signal_handler(
+    which: str, alarm: Callable[[float], None]
+) -> None:
+    """A signal handler's exception ends the wait (as for a lock), and a
+    handler that returns lets it go on waiting."""
+    baton_cls, pass_baton = baton_of(which)
+    b, other = baton_cls(), baton_cls()
+    alarm(0.05)
+    with pytest.raises(Interrupted):
+        b.wait(-1.0)
+    alarm(0.05)
+    with pytest.raises(Interrupted):
+        pass_baton(other, b, -1.0)
+    assert other.wait(0) is True, "posted before the wait began"
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["python", "native"])
+def test_run_sync_wait_is_interrupted_by_a_signal_handler(
+    native: bool, monkeypatch: pytest.MonkeyPatch, alarm: Callable[[float], None]
+) -> None:
+    """Workers.run_sync's promise: an exception raised by a signal handler
+    in the waiting thread stops the wait, not the call, which finishes in
+    the background; the worker serves the next call."""
+    if native and not _native.EXT:
+        pytest.skip(f"not built: {_native.REASON}")
+    if not native:
+        monkeypatch.setattr(workers, "Baton", _native.PyBaton)
+        monkeypatch.setattr(_native, "Baton", _native.PyBaton)
+        monkeypatch.setattr(_native, "pass_baton", _native.py_pass_baton)
+    finished = threading.Event()
+
+    def slow() -> None:
+        time.sleep(0.3)
+        finished.set()
+
+    with Workers(max_workers=1) as w, NamespaceSet.unshare(Kind.NET) as s:
+        alarm(0.05)
+        started = time.monotonic()
+        with pytest.raises(Interrupted):
+            w.run_sync(s, slow)
+        assert time.monotonic() - started < 0.25
+        assert finished.wait(5)
+        assert w.run_sync(s, os.readlink, "/proc/thread-self/ns/net") == f"net:[{s.id(Kind.NET)}]"

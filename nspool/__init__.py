@@ -16,7 +16,8 @@ that points up. Child programs (``*_child``) import nothing of nspool.
 - sets made in a helper process, rootless mode: ``_userns``, ``rootless``
 - creating sets: ``_pidinit``, ``_loopback``, ``_create``, ``_creator_proc``
 - persistence, opening what exists: ``_persist``, ``_open``
-- workers: ``_home``, ``_handoff``, ``_idle``, ``_scheduler``, ``_worker``, ``workers``
+- workers: ``_home``, ``_handoff``, ``_idle``, ``_scheduler``, ``_position``, ``_worker``,
+  ``workers``
 - awaiting from an event loop, sockets, processes: ``_wait``, ``_sockets``, ``_process``
 - the user's types: ``nsset``, ``net``
 - a pool's insides: ``_pool_lease``, ``_pool_state``, ``_pool_book``, ``_pool_creators``,

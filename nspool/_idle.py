@@ -40,14 +40,18 @@ class Taker(Protocol):
 
     item: Item | None
     wake: BatonLike
-    #: Rootless mode: the kinds in which it waits in limbo, not at home.
-    strayed: int
     #: Whether its exit should let a fresh thread take queued calls.
     spent: bool
-    #: The set whose namespaces it stayed in after its last call, if any
-    #: (written by the worker before it reports idle).
-    parked: SetHandle | None
     thread: threading.Thread
+
+    @property
+    def strayed(self) -> int:
+        """Rootless mode: the kinds in which it waits in limbo, not at home."""
+
+    @property
+    def parked(self) -> SetHandle | None:
+        """The set whose namespaces it stayed in after its last call, if any
+        (written by the worker before it reports idle)."""
 
     def move_to(self, cpu: int) -> None: ...
 

@@ -83,6 +83,20 @@ class Position:
         #: The set the thread stayed in after its last call (see
         #: :meth:`_may_stay`), or ``None`` if it is home.
         self.parked: SetHandle | None = None
+        #: The arguments of the quick checks after a call in :attr:`parked`,
+        #: worked out once when the thread stayed (:meth:`again_in_park`).
+        self._park_check: tuple[
+            int, int, bool, int, tuple[bytes, ...], tuple[int, ...], int, int
+        ] = (
+            0,
+            0,
+            True,
+            -1,
+            (),
+            (),
+            -1,
+            0,
+        )
 
     def settle(self) -> None:
         """Open this thread's namespace directory and make sure the thread is
@@ -153,7 +167,7 @@ class Position:
             if stay and self._may_stay(h):
                 if not checked:
                     self.between_jobs(h.bits, expected)
-                self.parked = h
+                self._park_in(h, expected)
             else:
                 self.leave(h.bits, expected)
         finally:
@@ -171,6 +185,62 @@ class Position:
             and self.home.returnable
             and not h.closed
         )
+
+    def _park_in(self, h: SetHandle, expected: dict[Kind, int]) -> None:
+        """The thread stays in ``h``, where it is now (``expected``)."""
+        kinds = quick_checked_after(h.bits)
+        others = FORCED_BITS & ~h.bits
+        assert self.links is not None
+        self._park_check = (
+            self.home.pid,
+            self.tid,
+            True,
+            self.links.fd,
+            link_names(kinds),
+            tuple([expected[k] for k in kinds]),
+            self.home.anchor_fd if others else -1,
+            others,
+        )
+        self.parked = h
+
+    def may_run_again(self, s: HasHandle) -> bool:
+        """Whether a call in ``s`` can take :meth:`again_in_park`: the thread
+        stayed in ``s``'s handle, and the tunables still say to stay and to
+        check only what the forced return does not cover."""
+        return (
+            self.parked is s.handle
+            and self.tunables.stay_in_set
+            and not self.tunables.check_every_kind
+        )
+
+    def again_in_park(self, s: HasHandle, run: Callable[[], None]) -> bool:
+        """Another call in the set the thread stayed in (see
+        :meth:`may_run_again`): nothing to enter, and after ``run()`` the
+        quick checks worked out when it stayed; it stays again if they pass
+        and the set is open, else it is checked one step at a time and goes
+        home (raising :class:`Stranded` on a fault). ``False``, with nothing
+        run, if the set was closed meanwhile: the caller takes the usual
+        way (:meth:`in_set`), which goes home and fails the call. The hot
+        path of a worker; measured in ``bench/workers.py``."""
+        h = s.handle
+        try:
+            h.acquire()
+        except NamespaceError:
+            return False
+        try:
+            stack = thread.stack
+            stack.append(s)
+            try:
+                run()
+            finally:
+                stack.pop()
+            if _native.check_and_return(*self._park_check) == _native.CHECK_OK and not h.closed:
+                return True
+            self.parked = None
+            self.leave(h.bits, dict(self.here))
+            return True
+        finally:
+            h.leave()
 
     def leave_park(self) -> None:
         """Go home from the set the thread stayed in: one forced return on

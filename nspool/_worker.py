@@ -251,6 +251,13 @@ class Worker:
             self._after(item)
             return
         call: Call = item
+        pos = self.pos
+        if pos.may_run_again(s):
+            call.ran = True
+            if pos.again_in_park(s, call.run):
+                self._after(call)
+                return
+            call.ran = False
 
         def run(_expected: dict[Kind, int]) -> None:
             call.ran = True

@@ -189,6 +189,7 @@ class Scheduler:
                 assert evicted is not None
                 evicted.item = None
                 self._threads.discard(evicted)
+                self._leaving.add(evicted.thread)
                 worker = self._new_worker(self, item)
                 self._threads.add(worker)
                 new = True

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -46,6 +47,7 @@ __all__ = [
     "KEEP_GIL",
     "LIMBO_KINDS",
     "MAX_WORKERS",
+    "START_WAIT",
     "STAY_IN_SET",
     "USE_HOME_ANCHOR",
     "Job",
@@ -57,6 +59,9 @@ __all__ = [
 
 #: Seconds an idle worker waits for a call before its thread exits.
 IDLE_TIMEOUT = 10.0
+#: Seconds ``shutdown(wait=True)`` waits for a thread still being started
+#: before it joins it.
+START_WAIT = 5.0
 #: Default maximum number of worker threads of a ``Workers``.
 MAX_WORKERS = 64
 
@@ -117,6 +122,18 @@ class WorkersStats:
 class WorkersForkedError(RuntimeError):
     """A ``Workers`` made before ``os.fork()`` was used in the child, where
     its threads do not exist. The default executor is remade instead."""
+
+
+def _join(thread: threading.Thread) -> None:
+    """Join ``thread``, which another thread may still be starting (a
+    replacement, or one the spawner starts): wait for it to start first,
+    :data:`START_WAIT` seconds at most (one that never starts has failed to,
+    and its starter reported it)."""
+    deadline = time.monotonic() + START_WAIT
+    while thread.ident is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    if thread.ident is not None:
+        thread.join()
 
 
 def _refusal(forked: bool, pid: int) -> RuntimeError:
@@ -272,8 +289,8 @@ class Workers(Executor):
         threads = self._core.shutdown(cancel_futures=cancel_futures)
         if wait:
             for thread in threads:
-                if thread is not threading.current_thread() and thread.ident:
-                    thread.join()
+                if thread is not threading.current_thread():
+                    _join(thread)
             close_orphans()
 
     @property

@@ -336,3 +336,37 @@ def test_a_discard_is_counted_before_the_waiter_wakes(pool: Workers) -> None:
                 assert pool.stats().discarded == i + 1
 
         anyio.run(main)
+
+
+# -- shutdown while a thread is still being started ---------------------------------------
+
+
+def test_shutdown_joins_a_thread_still_being_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """shutdown(wait=True) while a new worker thread is being started (as
+    the rootless spawner or a replacement can be): it waits for the start
+    and joins the thread, so no worker outlives the shutdown."""
+    w = Workers(max_workers=1)
+    real = w._home.start
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def slow_start(thread: threading.Thread) -> None:
+        entered.set()
+        gate.wait(10)
+        real(thread)
+
+    monkeypatch.setattr(w._home, "start", slow_start)
+    submitted: list[object] = []
+    submitter = threading.Thread(target=lambda: submitted.append(w.submit(lambda: 5)))
+    submitter.start()
+    assert entered.wait(10)
+    (worker,) = list(w._core._threads)
+    assert worker.thread.ident is None, "not started yet"
+    timer = threading.Timer(0.2, gate.set)
+    timer.start()
+    w.shutdown(wait=True)
+    timer.join(10)
+    assert worker.thread.ident is not None
+    assert not worker.thread.is_alive()
+    submitter.join(10)
+    assert submitted[0].result(timeout=10) == 5  # type: ignore[attr-defined]

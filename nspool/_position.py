@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import threading
 from collections.abc import Callable, Iterable
+from typing import TypeAlias
 
 from . import _native, _sys
 from ._handle import HasHandle, SetHandle
@@ -54,6 +55,9 @@ from .errors import NamespaceError, UnsupportedKindError
 from .kinds import Kind
 
 __all__ = ["Position"]
+
+#: :func:`nspool._native.check_and_return`'s arguments.
+_CheckArgs: TypeAlias = tuple[int, int, bool, int, tuple[bytes, ...], tuple[int, ...], int, int]
 
 
 class Position:
@@ -85,18 +89,7 @@ class Position:
         self.parked: SetHandle | None = None
         #: The arguments of the quick checks after a call in :attr:`parked`,
         #: worked out once when the thread stayed (:meth:`again_in_park`).
-        self._park_check: tuple[
-            int, int, bool, int, tuple[bytes, ...], tuple[int, ...], int, int
-        ] = (
-            0,
-            0,
-            True,
-            -1,
-            (),
-            (),
-            -1,
-            0,
-        )
+        self._park_check: _CheckArgs | None = None
 
     def settle(self) -> None:
         """Open this thread's namespace directory and make sure the thread is
@@ -188,18 +181,9 @@ class Position:
 
     def _park_in(self, h: SetHandle, expected: dict[Kind, int]) -> None:
         """The thread stays in ``h``, where it is now (``expected``)."""
-        kinds = quick_checked_after(h.bits)
         others = FORCED_BITS & ~h.bits
-        assert self.links is not None
-        self._park_check = (
-            self.home.pid,
-            self.tid,
-            True,
-            self.links.fd,
-            link_names(kinds),
-            tuple([expected[k] for k in kinds]),
-            self.home.anchor_fd if others else -1,
-            others,
+        self._park_check = self._check_args(
+            quick_checked_after(h.bits), expected, self.home.anchor_fd if others else -1, others
         )
         self.parked = h
 
@@ -234,7 +218,9 @@ class Position:
                 run()
             finally:
                 stack.pop()
-            if _native.check_and_return(*self._park_check) == _native.CHECK_OK and not h.closed:
+            args = self._park_check
+            assert args is not None
+            if _native.check_and_return(*args) == _native.CHECK_OK and not h.closed:
                 return True
             self.parked = None
             self.leave(h.bits, dict(self.here))
@@ -405,21 +391,18 @@ class Position:
         home in ``flags``, all in one call (compiled, or its Python twin). ``False``
         if anything is wrong: the caller then runs the checks one by one,
         which find the same fault and say what it is."""
+        args = self._check_args(kinds, expected, anchor, flags)
+        return _native.check_and_return(*args) == _native.CHECK_OK
+
+    def _check_args(
+        self, kinds: tuple[Kind, ...], expected: dict[Kind, int], anchor: int, flags: int
+    ) -> _CheckArgs:
+        """The arguments of :func:`nspool._native.check_and_return` for
+        :meth:`_quick_check`."""
         links = self.links
         assert links is not None
-        return (
-            _native.check_and_return(
-                self.home.pid,
-                self.tid,
-                True,
-                links.fd,
-                link_names(kinds),
-                tuple([expected[k] for k in kinds]),
-                anchor,
-                flags,
-            )
-            == _native.CHECK_OK
-        )
+        ids = tuple([expected[k] for k in kinds])
+        return (self.home.pid, self.tid, True, links.fd, link_names(kinds), ids, anchor, flags)
 
     def _check(self, kinds: Iterable[Kind], expected: dict[Kind, int], when: str) -> None:
         assert self.links is not None

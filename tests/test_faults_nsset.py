@@ -315,7 +315,17 @@ def test_bad_options_are_refused_before_anything_is_made(
     str(info.value)
     # No new child: one of an earlier test's (an init exiting) may be reaped
     # meanwhile, which says nothing about this one.
-    assert not set(own_children()) - set(children)
+    new = set(own_children()) - set(children)
+    assert not new, [_cmdline(pid) for pid in new]
+
+
+def _cmdline(pid: str) -> str:
+    """What process ``pid`` runs (for an assertion's message)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return f"{pid} (gone)"
 
 
 # -- 14: a pid namespace whose init was killed ----------------------------------------------

@@ -112,6 +112,25 @@ def on_thread(fn: Callable[[], T]) -> T:
     return box["result"]  # type: ignore[return-value]
 
 
+def in_threads(fn: Callable[[], object], n: int, timeout: float = 60) -> list[BaseException]:
+    """Run ``fn`` on ``n`` threads at once, wait for them (``timeout``
+    seconds each at most), and return what they raised."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, name="test-in-threads") for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return errors
+
+
 def thread_ns(kind_name: str) -> str:
     """The calling thread's namespace link, e.g. ``net:[4026531840]``."""
     return os.readlink(f"/proc/thread-self/ns/{kind_name}")

@@ -25,6 +25,7 @@ import pytest
 from nspool import Kind, NamespaceError, Pool, PoolClosedError, Workers, _sys
 from nspool import pool as pool_module
 
+from .conftest import in_threads
 from .test_pool import HookError, InsideWitnesses, gone, loopback_connects
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -187,21 +188,13 @@ def test_misses_made_at_once_are_bounded(
     p = Pool(Kind.NET, warm=0, after_create=slow_hook, workers=executor)
     try:
         taken = []
-        errors: list[BaseException] = []
 
         def take() -> None:
-            try:
-                s = p.get(timeout=30)
-                with lock:
-                    taken.append(s)
-            except BaseException as exc:
-                errors.append(exc)
+            s = p.get(timeout=30)
+            with lock:
+                taken.append(s)
 
-        threads = [threading.Thread(target=take) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = in_threads(take, 8)
         assert not errors
         assert len(taken) == 8
         assert p.stats().misses == 8

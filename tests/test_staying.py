@@ -21,7 +21,7 @@ from nspool import Kind, NamespaceSet, Workers, _native, _sys, workers
 from nspool._wait import run_in
 from nspool.workers import Job
 
-from .conftest import Witness, thread_ns, wait_until
+from .conftest import Witness, in_threads, thread_ns, wait_until
 
 
 @pytest.fixture
@@ -171,28 +171,20 @@ def test_many_sets_closed_under_load_leave_no_thread_behind(
     calls run: every call is in its own set, and afterwards every worker
     thread is home and every netns is gone."""
     home_net = thread_ns("net")
-    errors: list[BaseException] = []
     witnesses: list[Witness] = []
     lock = threading.Lock()
     with Workers(max_workers=4) as w:
 
         def caller() -> None:
-            try:
-                for _ in range(15):
-                    s = NamespaceSet.unshare(Kind.NET)
-                    with lock:
-                        witnesses.append(witness(s))
-                    for _ in range(3):
-                        assert w.run_sync(s, thread_ns, "net") == net_of(s)
-                    s.close()
-            except BaseException as exc:
-                errors.append(exc)
+            for _ in range(15):
+                s = NamespaceSet.unshare(Kind.NET)
+                with lock:
+                    witnesses.append(witness(s))
+                for _ in range(3):
+                    assert w.run_sync(s, thread_ns, "net") == net_of(s)
+                s.close()
 
-        callers = [threading.Thread(target=caller) for _ in range(4)]
-        for t in callers:
-            t.start()
-        for t in callers:
-            t.join(60)
+        errors = in_threads(caller, 4)
         assert not errors, errors
         assert all(task_net(tid) == home_net for tid in worker_tids(w))
         assert all(v.wait_gone() for v in witnesses)
